@@ -1,0 +1,1 @@
+"""Domain code shared by the gateway and the workers; it never imports torch."""

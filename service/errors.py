@@ -1,0 +1,61 @@
+"""Turn every error into a JSON body ``{"error": {"code", "message", "field"}}``.
+
+Client errors keep their status and name the field; anything unexpected is
+logged with its traceback and answered with a generic 500, never with the
+exception text (it could carry paths or patient data).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lesions.errors import InputError
+
+logger = logging.getLogger("tumortrack.gateway")
+
+
+class ApiError(Exception):
+    """An HTTP error with a code, a message and optionally the field it is about."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}}, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError):
+        return error_response(error.status, error.code, error.message, error.field, error.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, error: InputError):
+        return error_response(error.status, error.code, error.message, error.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        return error_response(422, "invalid_input", first.get("msg", "invalid value"), ".".join(location) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail), None, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "The request failed because of an internal error; the operator can find the details in the gateway log.")

@@ -1,0 +1,75 @@
+"""Job status, artifacts and cancellation."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from fastapi.responses import FileResponse
+
+from lesions.jobs import FINAL_STATES, JobRecord, JobState, utcnow
+from lesions.metrics_store import count_job_state
+from service.auth import Tenant
+from service.dependencies import Context
+from service.errors import ApiError
+from service.schemas import ErrorResponse, JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+logger = logging.getLogger("tumortrack.gateway")
+
+MEDIA_TYPES = {".nii.gz": "application/gzip", ".json": "application/json", ".csv": "text/csv", ".png": "image/png", ".dcm": "application/dicom"}
+
+
+def _require_job(context, job_id: str, tenant: str) -> JobRecord:
+    record = context.jobs.get(job_id) if len(job_id) <= 64 else None
+    # Another tenant's job answers exactly like a missing one, so ids cannot be probed.
+    if record is None or record.tenant != tenant:
+        raise ApiError(404, "job_not_found", f"No job with id {job_id!r}; it never existed, was deleted, or has expired.", "job_id")
+    return record
+
+
+@router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+def get_job(job_id: str, context: Context, tenant: Tenant) -> JobOut:
+    """Return a job's state, progress, error and artifacts."""
+    return JobOut.from_record(_require_job(context, job_id, tenant))
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    operation_id="get_artifact",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact file."}, 404: {"model": ErrorResponse}},
+)
+def get_artifact(job_id: str, name: str, context: Context, tenant: Tenant) -> FileResponse:
+    """Download one artifact of a job (mask.nii.gz, lesions.json, lesions.csv, preview.png, ...)."""
+    record = _require_job(context, job_id, tenant)
+    path = context.store.artifact_path(job_id, name)
+    if path is None or name not in {artifact.name for artifact in record.artifacts}:
+        available = [artifact.name for artifact in record.artifacts]
+        raise ApiError(404, "artifact_not_found", f"Job {job_id} has no artifact {name!r}; available: {available}.", "name")
+    media_type = next((value for suffix, value in MEDIA_TYPES.items() if name.endswith(suffix)), "application/octet-stream")
+    return FileResponse(path, media_type=media_type, filename=name)
+
+
+@router.delete("/{job_id}", status_code=204, operation_id="delete_job", responses={404: {"model": ErrorResponse}})
+def delete_job(job_id: str, context: Context, tenant: Tenant) -> Response:
+    """Cancel a queued or running job and delete its uploads and artifacts."""
+    _require_job(context, job_id, tenant)
+
+    def cancel(record: JobRecord) -> JobRecord | None:
+        if record.state in FINAL_STATES:
+            return None
+        record.state = JobState.cancelled
+        record.finished_at = utcnow()
+        return record
+
+    record = context.jobs.update(job_id, cancel)
+    context.jobs.mark_inactive(job_id, tenant)
+    context.store.delete(job_id)
+    if record is not None and record.state == JobState.cancelled:
+        count_job_state(context.redis, context.settings.key_prefix, "cancelled", record.engine)
+    if record is not None and record.state != JobState.cancelled:
+        # A finished job has nothing left to run, so its record goes too.
+        context.jobs.delete(job_id)
+    logger.info("job=%s deleted", job_id)
+    return Response(status_code=204)

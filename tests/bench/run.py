@@ -1,0 +1,153 @@
+"""`make bench`: measure in one run, side by side, and write bench-report.json.
+
+- request overhead: end-to-end job time (POST to succeeded, over HTTP with a
+  real worker) divided by the engine's own time on the same input;
+- worker peak memory divided by the input's in-memory size (float32 voxels);
+- the classical engine's Dice per case with box and point prompts;
+- the lesionlocator engine on the fixture CT against the reference's time.
+
+Numbers come from this machine at this moment; ratios are what to compare
+across runs, since absolute times vary with load.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import SimpleITK as sitk
+
+from ops.cases import box_prompts_from_mask
+from ops.stack import REPO_ROOT, start_stack
+from tests.lesion_cases import box_prompt, dice, inscribed_ellipsoid, load_ct_lesion_cases, point_prompt, shared_data_dir
+
+REPORT_PATH = REPO_ROOT / "bench-report.json"
+REQUEST_REPEATS = 3
+
+
+def main() -> int:
+    report = {"machine": {"platform": platform.platform(), "cpus": psutil.cpu_count(), "python": platform.python_version()}}
+    data = shared_data_dir()
+    if not data.exists():
+        print(f"{data} is absent: the benchmark needs the shared test data", file=sys.stderr)
+        return 1
+
+    report["request_overhead"] = bench_request_overhead(data / "ibsi_sts_019")
+    report["classical_dice"] = bench_classical_dice(data)
+    report["lesionlocator"] = bench_lesionlocator()
+
+    REPORT_PATH.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {REPORT_PATH}")
+    return 0
+
+
+def bench_request_overhead(case_dir: Path) -> dict:
+    image_path = case_dir / "ct_image.nii.gz"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / "ct_mask.nii.gz")))
+    prompts = json.dumps(box_prompts_from_mask(truth))
+    input_bytes = int(np.prod(sitk.ReadImage(str(image_path)).GetSize())) * 4
+
+    stack = start_stack(store_dir=REPO_ROOT / "var" / "bench-store", log_dir=REPO_ROOT / "var" / "bench-logs")
+    sampler = PeakMemorySampler(stack.processes["worker"].pid)
+    sampler.start()
+    try:
+        runs = [_timed_job(stack.base_url, image_path, prompts) for _ in range(REQUEST_REPEATS)]
+    finally:
+        sampler.stop()
+        stack.stop()
+
+    ratios = [run["end_to_end_s"] / run["engine_s"] for run in runs]
+    return {
+        "case": case_dir.name,
+        "runs": runs,
+        "end_to_end_over_engine_median": round(statistics.median(ratios), 3),
+        "target": "under 1.3",
+        "worker_peak_rss_mb": round(sampler.peak_bytes / 2**20, 1),
+        "input_float32_mb": round(input_bytes / 2**20, 2),
+        "worker_peak_rss_over_input": round(sampler.peak_bytes / input_bytes, 1),
+        "note": "peak RSS is that of the largest worker process, including the Python runtime and imported libraries",
+    }
+
+
+def _timed_job(base_url: str, image_path: Path, prompts: str) -> dict:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        started = time.perf_counter()
+        with open(image_path, "rb") as handle:
+            job_id = client.post("/v1/segmentations", files={"image": (image_path.name, handle)}, data={"prompts": prompts}).json()["id"]
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed"):
+            time.sleep(0.05)
+        end_to_end = time.perf_counter() - started
+        if job["state"] != "succeeded":
+            raise RuntimeError(f"benchmark job failed: {job['error']}")
+        engine_seconds = client.get(f"/v1/jobs/{job_id}/artifacts/lesions.json").json()["engine_seconds"]
+    return {"end_to_end_s": round(end_to_end, 3), "engine_s": engine_seconds}
+
+
+def bench_classical_dice(data: Path) -> dict:
+    from worker.engines.base import EngineOptions
+    from worker.engines.classical import ClassicalEngine
+
+    engine = ClassicalEngine()
+    rows = []
+    for case in load_ct_lesion_cases(data):
+        spacing = case.image.GetSpacing()
+        for number, truth in enumerate(case.lesion_masks, start=1):
+            row = {"case": case.name, "lesion": number}
+            for kind, prompt in (("box", box_prompt(number, truth)), ("point", point_prompt(number, truth, spacing))):
+                started = time.perf_counter()
+                mask = engine.segment(case.image, [prompt], EngineOptions())[number]
+                row[f"{kind}_dice"] = round(dice(mask, truth), 3)
+                row[f"{kind}_seconds"] = round(time.perf_counter() - started, 2)
+            row["ellipsoid_dice"] = round(dice(inscribed_ellipsoid(truth.shape, box_prompt(number, truth)), truth), 3)
+            rows.append(row)
+
+    summary = {f"{key}_mean": round(statistics.mean(r[key] for r in rows), 3) for key in ("box_dice", "point_dice", "ellipsoid_dice")}
+    summary["point_dice_median"] = round(statistics.median(r["point_dice"] for r in rows), 3)
+    return {"lesions": rows, **summary}
+
+
+def bench_lesionlocator() -> dict:
+    try:
+        from worker.engines.lesionlocator.bench import run_fixture_benchmark
+    except ImportError as error:
+        return {"skipped": f"lesionlocator benchmark unavailable: {error}"}
+    return run_fixture_benchmark()
+
+
+class PeakMemorySampler:
+    """Sample the resident memory of a process tree every 50 ms and keep the largest single process."""
+
+    def __init__(self, root_pid: int):
+        self.root = psutil.Process(root_pid)
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for process in [self.root, *self.root.children(recursive=True)]:
+                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            except psutil.Error:
+                pass
+            self._stop.wait(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

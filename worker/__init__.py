@@ -1,0 +1,1 @@
+"""Celery worker: tasks, engines and the job pipeline. Torch lives here only."""
