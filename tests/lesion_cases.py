@@ -1,7 +1,7 @@
 """Real CT cases with lesion masks, and box and point prompts built from those masks.
 
 The cases live in the shared data folder next to the repository (``../shared/data``)
-or under ``$TUMORTRACK_SHARED_DIR/data``. They are never copied into the repository.
+or under ``$TUMORTRACK_SHARED_DIR/data``. Do not copy them into the repository.
 Each 26-connected mask component of at least ``MIN_LESION_VOXELS`` voxels is one lesion.
 """
 
@@ -72,7 +72,7 @@ def split_lesions(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def box_prompt(lesion_id: int, lesion_mask: np.ndarray) -> LesionPrompt:
-    """Build a box prompt: the lesion's bounding box plus ``BOX_PADDING_VOXELS``, clipped to the image."""
+    """Build a box prompt from the lesion's bounding box plus ``BOX_PADDING_VOXELS`` per side, clipped to the image."""
     zyx_indexes = np.nonzero(lesion_mask)
     low = [max(int(axis.min()) - BOX_PADDING_VOXELS, 0) for axis in zyx_indexes]
     high = [
@@ -96,7 +96,12 @@ def point_prompt(lesion_id: int, lesion_mask: np.ndarray, spacing_xyz: tuple[flo
 
 
 def inscribed_ellipsoid(shape: tuple[int, int, int], prompt: LesionPrompt) -> np.ndarray:
-    """Draw the ellipsoid inscribed in a box prompt, without looking at any image."""
+    """Draw the ellipsoid inscribed in a box prompt, without looking at any image.
+
+    The ellipsoid is centred on the box, and its semi-axes are half the box size, so
+    it touches the outer faces of the box's edge voxels. A voxel is inside when its
+    centre is.
+    """
     mask = np.zeros(shape, dtype=bool)
     box = prompt.zyx_slices()
     sizes = [axis.stop - axis.start for axis in box]

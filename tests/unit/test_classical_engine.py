@@ -154,20 +154,23 @@ def test_point_near_image_border():
     assert dice(mask, sphere) > 0.8
 
 
-def test_box_at_image_corner():
-    image, sphere = synthetic_ct((40, 40, 16), (0.8, 0.8, 2.5), (3.0, 3.0, 2.0), 8.0)
+def test_box_clipped_at_image_corner():
+    # The sphere ends one voxel short of the x = 0 and y = 0 faces, so the padded box is clipped there.
+    image, sphere = synthetic_ct((40, 40, 16), (0.8, 0.8, 2.5), (8.0, 8.0, 8.0), 5.9)
+    prompt = box_around(sphere, 1)
 
-    mask = run_engine(image, [box_around(sphere, 1)])[1]
+    mask = run_engine(image, [prompt])[1]
 
-    assert dice(mask, sphere) > 0.8
+    assert prompt.box_min[:2] == (0, 0)
+    assert dice(mask, sphere) > 0.85
 
 
 def test_mask_prompt_drops_small_components():
     image, sphere = synthetic_ct((50, 40, 20), (0.9, 0.9, 2.5), (25.0, 20.0, 10.0), 9.0)
-    given = sphere.copy()
-    given[2, 2:4, 2:4] = True
+    prompt_mask = sphere.copy()
+    prompt_mask[2, 2:4, 2:4] = True
 
-    mask = run_engine(image, [LesionPrompt(lesion_id=1, kind="mask", mask=given)])[1]
+    mask = run_engine(image, [LesionPrompt(lesion_id=1, kind="mask", mask=prompt_mask)])[1]
 
     assert np.array_equal(mask, sphere)
 

@@ -1,8 +1,7 @@
 """The ``classical`` engine: box and point segmentation without learned weights.
 
-It runs on the CPU in well under a second per lesion and needs no checkpoint, so
-it is always ready. ``classical_segmentation`` describes the method and where it
-fails.
+It runs on the CPU and needs no checkpoint, so it is always ready.
+``classical_segmentation`` describes the method and where it fails.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ MASK_PROMPT_MIN_COMPONENT_FRACTION = 0.1
 
 
 class ClassicalEngine:
-    """Shape prior plus intensity model on a crop around each prompt; see ``classical_segmentation``."""
+    """Engine that combines an ellipsoid shape prior with an HU intensity model around each prompt."""
 
     name = "classical"
 
@@ -36,7 +35,7 @@ class ClassicalEngine:
             name=self.name,
             ready=True,
             device="cpu",
-            detail="ellipsoid shape prior and HU histograms; no learned weights",
+            detail="ellipsoid shape prior and HU histograms, no learned weights",
         )
 
     def segment(
@@ -46,7 +45,10 @@ class ClassicalEngine:
         options: EngineOptions,
         progress: ProgressCallback | None = None,
     ) -> dict[int, np.ndarray]:
-        """Return {lesion_id: bool array [z, y, x]} on the grid of ``image``; ``options`` does not apply."""
+        """Segment each prompted lesion and return {lesion_id: bool array [z, y, x]} on the grid of ``image``.
+
+        None of the ``options`` apply to this engine.
+        """
         _check_image(image)
         _check_unique_ids(prompts)
         volume = sitk.GetArrayViewFromImage(image)
@@ -80,13 +82,13 @@ def _segment_prompt(volume: np.ndarray, spacing_zyx: tuple[float, ...], prompt: 
         mask = _mask_array(prompt, volume.shape)
         return classical_segmentation.keep_main_components(mask, MASK_PROMPT_MIN_COMPONENT_FRACTION)
 
-    raise InputError("prompts", f"lesion {prompt.lesion_id}: unknown prompt kind {prompt.kind!r}; use box, point or mask")
+    raise InputError("prompts", f"lesion {prompt.lesion_id}: unknown prompt kind {prompt.kind!r}. Use box, point or mask.")
 
 
 def _box_bounds(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Return the box as (low, high) in [z, y, x] order, clipped to the image."""
     if prompt.box_min is None or prompt.box_max is None:
-        raise InputError("prompts", f"lesion {prompt.lesion_id}: box prompt without box_min and box_max")
+        raise InputError("prompts", f"lesion {prompt.lesion_id}: box prompt is missing box_min or box_max")
 
     low = tuple(max(int(value), 0) for value in reversed(prompt.box_min))
     high = tuple(min(int(value), size) for value, size in zip(reversed(prompt.box_max), shape_zyx))
@@ -94,7 +96,7 @@ def _box_bounds(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> tuple[tuple
         raise InputError(
             "prompts",
             f"lesion {prompt.lesion_id}: {prompt.describe()} is empty or outside the image "
-            f"of size (x, y, z) {tuple(reversed(shape_zyx))}; draw the box on the image",
+            f"of size (x, y, z) {tuple(reversed(shape_zyx))}. Draw the box on the image.",
         )
     return low, high
 
@@ -102,7 +104,7 @@ def _box_bounds(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> tuple[tuple
 def _point_index(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> tuple[float, ...]:
     """Return the point as a fractional index (z, y, x), checked to lie inside the image."""
     if prompt.point is None:
-        raise InputError("prompts", f"lesion {prompt.lesion_id}: point prompt without a point")
+        raise InputError("prompts", f"lesion {prompt.lesion_id}: point prompt is missing its point")
 
     point_zyx = tuple(float(value) for value in reversed(prompt.point))
     # Voxel indexes address voxel centres, so the image spans [-0.5, size - 0.5] on each axis.
@@ -117,13 +119,13 @@ def _point_index(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> tuple[floa
 
 def _mask_array(prompt: LesionPrompt, shape_zyx: tuple[int, ...]) -> np.ndarray:
     if prompt.mask is None:
-        raise InputError("prompts", f"lesion {prompt.lesion_id}: mask prompt without a mask")
+        raise InputError("prompts", f"lesion {prompt.lesion_id}: mask prompt is missing its mask")
     mask = np.asarray(prompt.mask).astype(bool, copy=False)
     if mask.shape != tuple(shape_zyx):
         raise InputError(
             "prompts",
             f"lesion {prompt.lesion_id}: mask shape (z, y, x) {mask.shape} does not match "
-            f"the image shape {tuple(shape_zyx)}; resample the mask onto the image grid",
+            f"the image shape {tuple(shape_zyx)}. Resample the mask onto the image grid.",
         )
     return mask
 
@@ -141,4 +143,4 @@ def _check_unique_ids(prompts: Sequence[LesionPrompt]) -> None:
     ids = [prompt.lesion_id for prompt in prompts]
     duplicates = sorted({lesion_id for lesion_id in ids if ids.count(lesion_id) > 1})
     if duplicates:
-        raise InputError("prompts", f"lesion ids {duplicates} appear more than once; give each lesion its own id")
+        raise InputError("prompts", f"lesion ids {duplicates} appear more than once. Give each lesion its own id.")

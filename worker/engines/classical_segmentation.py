@@ -8,11 +8,11 @@ Both prompt kinds run the same steps on a crop around the prompt:
    where the smoothed HU values leave the range seen around the point, and an
    ellipsoid centred on the point is fitted to the ray lengths. The prior log-odds
    of "lesion" fall linearly with ``r`` (a logistic prior probability).
-2. Intensity model. A foreground histogram of the smoothed HU values, sampled
-   near the centre, is compared with a background histogram sampled outside the
-   ellipsoid. Both histograms are then re-estimated from the posterior a few
-   times, as in GrabCut but without a graph cut.
-3. Clean-up. The posterior log-odds are smoothed and thresholded at 0.5. The
+2. Intensity model. A histogram of the smoothed HU values near the centre
+   (foreground) is compared with a histogram of those outside the ellipsoid
+   (background). Their weighted log-likelihood ratio is added to the prior
+   log-odds.
+3. Clean-up. The posterior probability is smoothed and thresholded at 0.5. The
    mask is opened, reduced to the component that contains the prompt centre, and
    hole-filled. A box mask is clipped to its box.
 
@@ -26,7 +26,8 @@ Known weaknesses:
   cannot separate the two. Examples are a sarcoma inside muscle or a liver
   lesion without contrast. A box mask then stays close to the prior ellipsoid.
   Rays from a point run on into the muscle, so the point mask is often several
-  times too large (Dice 0.3 on two such sarcomas).
+  times too large. Two IBSI soft-tissue sarcomas reach point Dice 0.31 and 0.44
+  in ``tests/quality/test_classical_dice.py``.
 - Heterogeneous tumours with necrotic or aerated parts (many lung tumours) stop
   rays early, so point masks of such tumours come out too small.
 - The prior is an ellipsoid, so lobulated, elongated or curved lesions lose
@@ -46,14 +47,17 @@ import numpy as np
 from scipy import ndimage, special
 
 # --- crop ---------------------------------------------------------------------
-# Background samples need tissue beyond the box; 10 mm covers the fat or muscle
-# layer around most soft-tissue lesions without reaching distant organs.
+# Background samples need tissue beyond the box. A 10 mm margin covers the fat or
+# muscle layer around most soft-tissue lesions without reaching distant organs.
 BOX_CROP_MARGIN_MM = 10.0
 
 # --- shape prior ----------------------------------------------------------------
 # A box touches its lesion only at a few extreme points, and users draw boxes a
 # little loose. So the lesion fills only the inner part of the inscribed ellipsoid,
 # and the prior probability is 0.5 at 0.85 of its radius.
+# NOTE: 0.85 suits boxes about 2 voxels larger than the lesion on each side
+# (2 mm in-plane, 6.5 mm across 3.3 mm slices). Much looser boxes give masks that
+# are too large, because intensity rarely corrects the prior on soft tissue.
 BOX_PRIOR_HALF_RADIUS = 0.85
 # The ellipsoid fitted to the rays already estimates the lesion surface itself.
 POINT_PRIOR_HALF_RADIUS = 1.0
@@ -70,8 +74,8 @@ HISTOGRAM_RANGE_HU = (-1000.0, 1500.0)
 HISTOGRAM_BIN_HU = 5.0
 # Kernel width of the histogram density estimate, about twice the CT noise.
 HISTOGRAM_KERNEL_HU = 25.0
-# Density floor, as a fraction of a uniform density, so that an HU value never
-# seen in one sample cannot veto the prior alone.
+# Density floor, as a fraction of a uniform density, which keeps the logarithm
+# finite for HU values that one of the two samples lacks.
 HISTOGRAM_FLOOR = 1e-3
 # Foreground samples start inside this normalized radius, where nearly every
 # voxel belongs to the lesion.
@@ -88,7 +92,7 @@ MAX_INTENSITY_LOG_RATIO = 4.0
 # --- clean-up ---------------------------------------------------------------------
 # Smoothing of the posterior probability, because lesion borders are smooth at the 2 mm scale.
 POSTERIOR_SMOOTHING_MM = 1.5
-# Opening radius, which removes strands thinner than about 4 mm, such as vessels.
+# Opening radius, which removes strands thinner than about 4 mm in-plane, such as vessels.
 OPENING_RADIUS_MM = 2.0
 
 # --- point prompts ----------------------------------------------------------------
@@ -103,7 +107,7 @@ SEED_RADIUS_MM = 4.0
 # seed median.
 SEED_TOLERANCE_SIGMAS = 2.5
 # Lower bound on the seed spread, so that a homogeneous seed still tolerates CT
-# noise and the 10-20 HU texture inside most tumours.
+# noise and tumour texture.
 SEED_MIN_SIGMA_HU = 20.0
 # A ray stops once it has stayed outside the lesion-like range for this distance,
 # so that noise and small vessels inside the lesion do not stop it.
@@ -116,8 +120,8 @@ RAY_COUNT = 256
 # that a single ray that leaks along a vessel or stops at a calcification does not
 # shape the ellipsoid.
 RAY_NEIGHBOURS = 12
-# Fewest rays with a known length for the ellipsoid fit. The six unknowns of the
-# ellipsoid need directions spread over at least an octant of the sphere.
+# Minimum number of rays with a known length for the ellipsoid fit. The ellipsoid
+# has six unknowns, and a fit to rays from less than an octant of the sphere is unreliable.
 MIN_FITTED_RAYS = RAY_COUNT // 8
 
 
@@ -139,15 +143,15 @@ def segment_box(
     margin = np.ceil(BOX_CROP_MARGIN_MM / spacing).astype(int)
     crop_low = np.maximum(box_low - margin, 0)
     crop_high = np.minimum(box_high + margin, volume.shape)
-    crop = _crop(volume, crop_low, crop_high)
+    smoothed = _smooth(_crop(volume, crop_low, crop_high), spacing)
 
     centre = (box_low + box_high - 1) / 2.0 - crop_low
     semi_axes_mm = (box_high - box_low) / 2.0 * spacing
-    radius = _ellipsoid_radius(crop.shape, spacing, centre, np.diag(1.0 / semi_axes_mm**2))
+    radius = _ellipsoid_radius(smoothed.shape, spacing, centre, np.diag(1.0 / semi_axes_mm**2))
 
-    in_box = np.zeros(crop.shape, dtype=bool)
+    in_box = np.zeros(smoothed.shape, dtype=bool)
     in_box[_slices(box_low - crop_low, box_high - crop_low)] = True
-    crop_mask = _segment_with_prior(crop, spacing, radius, BOX_PRIOR_HALF_RADIUS, in_box)
+    crop_mask = _segment_with_prior(smoothed, spacing, radius, BOX_PRIOR_HALF_RADIUS, in_box)
 
     return _paste(crop_mask, volume.shape, crop_low)
 
@@ -159,7 +163,8 @@ def segment_point(
 ) -> np.ndarray:
     """Segment the lesion around a point, a fractional voxel index (z, y, x) inside ``volume``.
 
-    Returns a bool mask on the volume's grid, within ``POINT_MAX_RADIUS_MM`` of the point.
+    Returns a bool mask on the volume's grid. The mask is empty farther than
+    ``POINT_MAX_RADIUS_MM`` plus one voxel from the point along any axis.
     """
     spacing = np.asarray(spacing_zyx, dtype=float)
     point = np.asarray(point_zyx, dtype=float)
@@ -168,15 +173,15 @@ def segment_point(
     point_voxel = np.round(point).astype(int)
     crop_low = np.maximum(point_voxel - margin, 0)
     crop_high = np.minimum(point_voxel + margin + 1, volume.shape)
-    crop = _crop(volume, crop_low, crop_high)
+    smoothed = _smooth(_crop(volume, crop_low, crop_high), spacing)
     centre = point - crop_low
 
     directions = _sphere_directions(RAY_COUNT)
-    ray_lengths = _cast_rays(_smooth(crop, spacing), spacing, centre, directions)
+    ray_lengths = _cast_rays(smoothed, spacing, centre, directions)
     shape_matrix = _fit_centred_ellipsoid(directions, ray_lengths)
-    radius = _ellipsoid_radius(crop.shape, spacing, centre, shape_matrix)
+    radius = _ellipsoid_radius(smoothed.shape, spacing, centre, shape_matrix)
 
-    crop_mask = _segment_with_prior(crop, spacing, radius, POINT_PRIOR_HALF_RADIUS, None)
+    crop_mask = _segment_with_prior(smoothed, spacing, radius, POINT_PRIOR_HALF_RADIUS, None)
     return _paste(crop_mask, volume.shape, crop_low)
 
 
@@ -194,13 +199,16 @@ def keep_main_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
 
 
 def _segment_with_prior(
-    crop: np.ndarray,
+    smoothed: np.ndarray,
     spacing: np.ndarray,
     radius: np.ndarray,
     half_radius: float,
     allowed: np.ndarray | None,
 ) -> np.ndarray:
-    """Combine the shape prior with the intensity model and return the cleaned crop mask."""
+    """Combine the shape prior with the intensity model and return the cleaned crop mask.
+
+    ``allowed`` (the box) limits the mask, and its outside counts as background.
+    """
     prior_log_odds = (half_radius - radius) / PRIOR_EDGE_WIDTH
 
     foreground_samples = radius <= CORE_RADIUS
@@ -208,7 +216,7 @@ def _segment_with_prior(
     if allowed is not None:
         foreground_samples &= allowed
         background_samples |= ~allowed
-    log_ratio = _intensity_log_ratio(_smooth(crop, spacing), foreground_samples, background_samples)
+    log_ratio = _intensity_log_ratio(smoothed, foreground_samples, background_samples)
 
     posterior = special.expit(prior_log_odds + INTENSITY_WEIGHT * log_ratio)
     posterior = ndimage.gaussian_filter(posterior, POSTERIOR_SMOOTHING_MM / spacing)
@@ -328,16 +336,17 @@ def _median_over_neighbours(lengths: np.ndarray, directions: np.ndarray) -> np.n
 def _fit_centred_ellipsoid(directions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Fit the symmetric matrix A of the ellipsoid x^T A x = 1 (x in mm) to ray end points.
 
-    Rays of NaN length, which reached the image border, are left out.
     A ray of unit direction u and length L ends on the ellipsoid when
     u^T A u = 1 / L^2, which is linear in the six entries of A. Fitting 1 / L^2
-    gives leaked (long) rays little pull. The semi-axes are clipped to
+    gives leaked (long) rays little pull. Rays of NaN length, which reached the
+    image border, are left out. The semi-axes are clipped to
     [POINT_MIN_RADIUS_MM, POINT_MAX_RADIUS_MM].
     """
     known = np.isfinite(lengths)
     if known.sum() < MIN_FITTED_RAYS:
-        # NOTE: the point lies in an image corner, so most rays reached the border.
-        # The border then counts as the lesion edge, and the ellipsoid is too small.
+        # NOTE: most rays reached the image border, as from a point in a corner or in a
+        # volume of a few slices. The border then counts as the lesion edge, so the
+        # ellipsoid is too small where the lesion continues beyond the image.
         known = np.ones(lengths.shape, dtype=bool)
         lengths = np.nan_to_num(lengths, nan=POINT_MIN_RADIUS_MM)
     directions = directions[known]
@@ -382,7 +391,7 @@ def _smooth(crop: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 
 def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Return a structuring element that holds the voxels within ``radius_mm`` of its centre."""
+    """Return a structuring element that contains the voxels within ``radius_mm`` of its centre."""
     half = np.floor(radius_mm / spacing).astype(int)
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
     return sum((grid * s) ** 2 for grid, s in zip(grids, spacing)) <= radius_mm**2 + 1e-9
