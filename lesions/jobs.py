@@ -60,6 +60,7 @@ class JobRecord(BaseModel):
     options: dict = Field(default_factory=dict, description="Job options as submitted (inputs, engine options).")
     attempts: int = Field(0, description="How many times a worker started this job.")
     tenant: str = Field("default", description="Owner of the job; other tenants get 404.")
+    worker: str | None = Field(None, description="Host and process of the worker that ran the latest attempt.")
 
 
 def new_job_id() -> str:

@@ -122,11 +122,18 @@ class Stack:
         return env
 
 
-def start_redis(log_dir: Path) -> tuple[str, subprocess.Popen]:
-    """Start a private redis-server on a free loopback port; it keeps nothing on disk."""
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="tumortrack-redis-")
-    command = [redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", data_dir]
+def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = None, persistent: bool = False) -> tuple[str, subprocess.Popen]:
+    """Start a private redis-server on a loopback port.
+
+    It keeps nothing on disk unless ``persistent``: then it writes an
+    append-only file to ``data_dir`` and a restart on the same folder brings
+    the queue and the job records back.
+    """
+    port = port or free_port()
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tumortrack-redis-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    command = [redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *appendonly, "--dir", str(data_dir)]
     process = _spawn(command, dict(os.environ), log_dir / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
     _wait_for_port(port, process, log_dir / "redis.log")

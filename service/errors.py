@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request
+from kombu.exceptions import OperationalError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,6 +56,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, error: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
         return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail), None, getattr(error, "headers", None))
+
+    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(OperationalError)
+    async def _broker_down(request: Request, error: Exception):
+        logger.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, type(error).__name__)
+        return error_response(503, "service_unavailable", "The job queue is unavailable right now; retry in a few seconds.", None, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):

@@ -11,7 +11,7 @@ from lesions.settings import Settings, get_settings
 from service.body_limit import BodySizeLimitMiddleware
 from service.dependencies import build_context
 from service.errors import install_error_handlers
-from service.routers import health, jobs, metrics, segmentations
+from service.routers import health, jobs, metrics, segmentations, trackings
 
 DESCRIPTION = """
 Promptable 3D lesion segmentation on CT.
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(segmentations.router)
+    app.include_router(trackings.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)
     return app

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from lesions.errors import InputError
+from lesions.image_inputs import CheckedImage, check_dicom_upload, check_volume_file, missing_image_error
 from lesions.image_io import volume_suffix
 
 MAX_PROMPT_BYTES = 5 * 1024 * 1024
@@ -82,6 +83,31 @@ async def save_volume_upload(upload: UploadFile, folder: Path, stem: str, field:
     destination = folder / f"{stem}{suffix}"
     await run_in_threadpool(_copy_upload, upload, destination)
     return destination
+
+
+async def save_image_upload(form: FormData, field: str, folder: Path, stem: str, series_uid: str | None) -> CheckedImage:
+    """Store and check the image of ``field``: one volume file, or a DICOM series as zip(s) or files."""
+    values = form.getlist(field)
+    files = [value for value in values if isinstance(value, UploadFile)]
+    if not values:
+        raise missing_image_error(field)
+    if len(files) != len(values):
+        raise InputError(field, "must be sent as file parts, not text values")
+
+    if len(files) == 1 and volume_suffix(files[0].filename or "") is not None:
+        path = await save_volume_upload(files[0], folder, stem, field)
+        return await run_in_threadpool(check_volume_file, path, field)
+
+    raw = folder / f"{stem}_upload"
+    raw.mkdir()
+    paths = []
+    for position, upload in enumerate(files):
+        # Client file names are never used as paths; only a .zip suffix is kept as a hint.
+        suffix = ".zip" if (upload.filename or "").lower().endswith(".zip") else ".dcm"
+        path = raw / f"{position:05d}{suffix}"
+        await run_in_threadpool(_copy_upload, upload, path)
+        paths.append(path)
+    return await run_in_threadpool(check_dicom_upload, paths, folder, stem, series_uid, field)
 
 
 def parse_bool(value: str | None, field: str) -> bool | None:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from lesions.image_io import read_volume, write_label_map
+from lesions.dicom_seg import write_dicom_seg
+from lesions.image_inputs import LoadedImage, load_image_input
+from lesions.image_io import write_label_map
 from lesions.jobs import ArtifactInfo, JobError, JobRecord, JobState, utcnow
 from lesions.label_map import compose_instances
 from lesions.lesion_table import lesions_to_csv, lesions_to_json
@@ -89,7 +91,8 @@ def run_segmentation(context: JobContext) -> None:
     options = context.record.options
 
     started = context.enter_stage("loading", 0.05)
-    image = read_volume(inputs / options["image_file"], field="image")
+    loaded = load_image_input(inputs, options["image"], "image")
+    image = loaded.image
     prompts = _read_prompts(inputs)
     context.stage_done("loading", started, size=list(image.GetSize()), spacing=[round(s, 3) for s in image.GetSpacing()], lesions=len(prompts))
 
@@ -105,14 +108,14 @@ def run_segmentation(context: JobContext) -> None:
     context.stage_done("measuring", started, lesions=len(measurements))
 
     started = context.enter_stage("exporting", 0.9)
-    artifacts = export_segmentation(context, image, labels, measurements, engine_seconds)
+    artifacts = export_segmentation(context, loaded, labels, measurements, engine_seconds)
     context.stage_done("exporting", started, artifacts=len(artifacts), bytes=sum(a.size for a in artifacts))
 
     finish_succeeded(context, artifacts, overlap_warnings)
 
 
-def export_segmentation(context: JobContext, image: sitk.Image, labels: np.ndarray, measurements, engine_seconds: float) -> list[ArtifactInfo]:
-    store, job_id = context.runtime.store, context.job_id
+def export_segmentation(context: JobContext, loaded: LoadedImage, labels: np.ndarray, measurements, engine_seconds: float) -> list[ArtifactInfo]:
+    store, job_id, image = context.runtime.store, context.job_id, loaded.image
 
     with store.staged_artifact(job_id, "mask.nii.gz") as path:
         write_label_map(labels, image, path)
@@ -121,6 +124,10 @@ def export_segmentation(context: JobContext, image: sitk.Image, labels: np.ndarr
     store.write_artifact(job_id, "lesions.json", json.dumps(table, indent=2).encode())
     store.write_artifact(job_id, "lesions.csv", lesions_to_csv(measurements).encode())
     store.write_artifact(job_id, "preview.png", render_preview(image, labels, measurements, title=f"job {job_id[:8]}"))
+
+    if loaded.dicom is not None:
+        with store.staged_artifact(job_id, "seg.dcm") as path:
+            write_dicom_seg(labels, loaded.dicom, [m.lesion_id for m in measurements], path)
 
     return describe_artifacts(context)
 

@@ -72,6 +72,7 @@ def _mark_running(runtime, job_id: str) -> JobRecord | None:
         record.state = JobState.running
         record.stage = "starting"
         record.attempts += 1
+        record.worker = runtime.hostname
         record.started_at = record.started_at or utcnow()
         return record
 

@@ -8,10 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from lesions.errors import InputError
-from lesions.image_io import read_volume_header
 from lesions.jobs import JobRecord, new_job_id, utcnow
 from lesions.prompt_types import prompt_to_dict
 from lesions.prompts import PromptsIn, parse_prompts
@@ -20,7 +18,7 @@ from service.dependencies import Context
 from service.engine_choice import choose_engine
 from service.job_submission import admit, enqueue, replay_if_repeated
 from service.schemas import ErrorResponse, JobAccepted
-from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_volume_upload, single_file
+from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_image_upload
 
 router = APIRouter(prefix="/v1", tags=["segmentations"])
 logger = logging.getLogger("tumortrack.gateway")
@@ -33,7 +31,8 @@ REQUEST_BODY = {
                 "type": "object",
                 "required": ["image", "prompts"],
                 "properties": {
-                    "image": {"type": "string", "format": "binary", "description": "One CT volume: .nii, .nii.gz, .nrrd or .mha."},
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "One CT volume (.nii, .nii.gz, .nrrd, .mha), or a DICOM series: a .zip, or its .dcm files as several parts named 'image'."},
+                    "series_uid": {"type": "string", "description": "Series Instance UID to use when the DICOM upload holds several series."},
                     "prompts": {
                         "type": "string",
                         "description": "Prompt JSON, as a text field or a file. TumorTrack's format is the PromptsIn schema; LesionLocator's {\"1\": {\"box\": [z0, z1, y0, y1, x0, x1]}} and grand-challenge 'Multiple points' JSON are accepted too.",
@@ -69,17 +68,16 @@ async def create_segmentation(
     admit(context, tenant)
 
     form = await read_form(request)
-    image_upload = single_file(form, "image")
     prompts_raw = await read_json_part(form, "prompts")
+    series_uid = optional_text(form, "series_uid")
     engine = choose_engine(context, optional_text(form, "engine"))
     tta = parse_bool(optional_text(form, "test_time_augmentation"), "test_time_augmentation")
 
     job_id = new_job_id()
     inputs = context.store.create(job_id)
     try:
-        image_path = await save_volume_upload(image_upload, inputs, "image", "image")
-        geometry = await run_in_threadpool(read_volume_header, image_path, "image")
-        prompts = parse_prompts(prompts_raw, geometry)
+        checked = await save_image_upload(form, "image", inputs, "image", series_uid)
+        prompts = parse_prompts(prompts_raw, checked.geometry)
         (inputs / "prompts.json").write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))
     except InputError:
         context.store.delete(job_id)
@@ -93,8 +91,9 @@ async def create_segmentation(
         tenant=tenant,
         created_at=now,
         updated_at=now,
-        options={"image_file": image_path.name, "test_time_augmentation": tta, "lesion_count": len(prompts)},
+        warnings=checked.warnings,
+        options={"image": checked.options, "test_time_augmentation": tta, "lesion_count": len(prompts)},
     )
     response = enqueue(context, record, "tumortrack.segment", idempotency_key)
-    logger.info("job=%s state=queued kind=segmentation engine=%s lesions=%d image_size=%s bytes=%d", job_id, engine, len(prompts), list(geometry.size), image_path.stat().st_size)
+    logger.info("job=%s state=queued kind=segmentation engine=%s lesions=%d image_kind=%s image_size=%s", job_id, engine, len(prompts), checked.options["kind"], list(checked.geometry.size))
     return response
