@@ -61,6 +61,7 @@ class JobRecord(BaseModel):
     attempts: int = Field(0, description="How many times a worker started this job.")
     tenant: str = Field("default", description="Owner of the job; other tenants get 404.")
     worker: str | None = Field(None, description="Host and process of the worker that ran the latest attempt.")
+    expired_at: datetime | None = Field(None, description="When the uploads and artifacts were purged after the retention time.")
 
 
 def new_job_id() -> str:

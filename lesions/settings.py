@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     max_active_jobs_total: int = Field(500, description="Unfinished jobs of all tenants together; more get 429.")
     max_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted request body; larger ones get 413.")
     job_time_limit_s: int = Field(3600, description="Hard time limit of one job in seconds.")
-    job_retention_s: int = Field(7 * 24 * 3600, description="How long job records are kept in Redis, in seconds.")
+    artifact_retention_s: int = Field(7 * 24 * 3600, description="How long uploads and artifacts are kept before they are purged, in seconds.")
+    job_retention_s: int = Field(30 * 24 * 3600, description="How long job records are kept in Redis, in seconds; keep it above artifact_retention_s so a record can say its files expired.")
+    purge_interval_s: float = Field(300.0, description="How often each worker looks for expired job files, in seconds.")
     worker_heartbeat_s: float = Field(5.0, description="How often a worker publishes that it is alive, in seconds.")
 
     @property

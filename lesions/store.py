@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+CREATED_MARKER = ".created"
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -36,7 +38,20 @@ class JobStore:
         inputs = self.inputs_dir(job_id)
         inputs.mkdir(parents=True, exist_ok=False)
         self.artifacts_dir(job_id).mkdir()
+        (self.job_dir(job_id) / CREATED_MARKER).write_text(f"{time.time():.3f}")
         return inputs
+
+    def created_at(self, job_id: str) -> float:
+        """Return when the job's folder was created (epoch seconds)."""
+        marker = self.job_dir(job_id) / CREATED_MARKER
+        try:
+            return float(marker.read_text())
+        except (OSError, ValueError):
+            return self.job_dir(job_id).stat().st_mtime
+
+    def job_ids(self) -> list[str]:
+        folder = self.root / "jobs"
+        return sorted(path.name for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
 
     def artifact_path(self, job_id: str, name: str) -> Path | None:
         """Return the path of an existing artifact, or None; names never leave the folder."""

@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from lesions.errors import InputError
 
@@ -37,6 +38,17 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}}, headers=headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette's 405 names only the methods of the first route matching the
+    # path; GET and DELETE on one path are separate routes here.
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
@@ -55,7 +67,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail), None, getattr(error, "headers", None))
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail), None, headers)
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)

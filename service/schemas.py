@@ -48,6 +48,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    expired_at: datetime | None = Field(None, description="Set when the job's files were purged after the retention time.")
     error: JobError | None
     warnings: list[str]
     artifacts: list[ArtifactOut]
@@ -57,7 +58,7 @@ class JobOut(BaseModel):
     def from_record(cls, record: JobRecord) -> "JobOut":
         base = f"/v1/jobs/{record.id}"
         return cls(
-            **record.model_dump(include={"id", "kind", "state", "stage", "progress", "engine", "created_at", "updated_at", "started_at", "finished_at", "error", "warnings"}),
+            **record.model_dump(include={"id", "kind", "state", "stage", "progress", "engine", "created_at", "updated_at", "started_at", "finished_at", "expired_at", "error", "warnings"}),
             artifacts=[ArtifactOut(**artifact.model_dump(), url=f"{base}/artifacts/{artifact.name}") for artifact in record.artifacts],
             links=JobLinks(self=base, artifacts=f"{base}/artifacts/" if record.artifacts else None),
         )

@@ -13,10 +13,12 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import redis
 
 from lesions.jobs import JobRepository
+from lesions.retention import purge_expired
 from lesions.settings import get_settings
 from lesions.store import JobStore
 from lesions.worker_registry import publish_heartbeat, remove_heartbeat
@@ -51,11 +53,16 @@ class WorkerRuntime:
             pass
 
     def _heartbeat_loop(self) -> None:
-        interval = get_settings().worker_heartbeat_s
+        settings = get_settings()
+        interval = settings.worker_heartbeat_s
+        next_purge = time.monotonic()
         failures = 0
         while not self.stop.is_set():
             try:
                 self.heartbeat_once()
+                if time.monotonic() >= next_purge:
+                    purge_expired(self.store, self.jobs, settings.artifact_retention_s)
+                    next_purge = time.monotonic() + settings.purge_interval_s
                 failures = 0
             except redis.RedisError as error:
                 failures += 1

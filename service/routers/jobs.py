@@ -38,11 +38,13 @@ def get_job(job_id: str, context: Context, tenant: Tenant) -> JobOut:
     "/{job_id}/artifacts/{name}",
     operation_id="get_artifact",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact file."}, 404: {"model": ErrorResponse}},
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact file."}, 404: {"model": ErrorResponse}, 410: {"model": ErrorResponse}},
 )
 def get_artifact(job_id: str, name: str, context: Context, tenant: Tenant) -> FileResponse:
     """Download one artifact of a job (mask.nii.gz, lesions.json, lesions.csv, preview.png, ...)."""
     record = _require_job(context, job_id, tenant)
+    if record.expired_at is not None:
+        raise ApiError(410, "artifacts_expired", f"The files of job {job_id} were deleted at {record.expired_at.isoformat()} after the retention time.", "job_id")
     path = context.store.artifact_path(job_id, name)
     if path is None or name not in {artifact.name for artifact in record.artifacts}:
         available = [artifact.name for artifact in record.artifacts]

@@ -17,6 +17,9 @@ import pytest
 
 from ops.stack import REPO_ROOT, start_stack
 
+# Log files written after this moment belong to this test session.
+SESSION_STARTED = time.time() - 1
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):

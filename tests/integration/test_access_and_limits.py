@@ -4,6 +4,7 @@ gateway with keys configured that shares the session's Redis and worker."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -123,3 +124,41 @@ def test_tenant_queue_limit_answers_429(unserved_gateway, small_ct):
         assert client.delete(f"/v1/jobs/{accepted[0].json()['id']}").status_code == 204
         assert client.get(f"/v1/jobs/{accepted[0].json()['id']}").json()["state"] == "cancelled"
         assert submit(client, small_ct).status_code == 202
+
+
+def test_fifty_jobs_from_ten_clients_of_two_tenants(keyed_gateway, small_ct):
+    """10 concurrent clients, 5 per tenant, 5 jobs each, against a limit of 3 unfinished jobs per tenant."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run_client(tenant: str) -> tuple[list[str], int]:
+        job_ids, throttled = [], 0
+        with client_for(keyed_gateway, tenant) as http:
+            while len(job_ids) < 5:
+                response = submit(http, small_ct)
+                if response.status_code == 429:
+                    throttled += 1
+                    assert response.json()["error"]["code"] == "tenant_queue_full"
+                    time.sleep(0.2)  # a real client waits Retry-After seconds; the test keeps it short
+                    continue
+                assert response.status_code == 202, response.text
+                job_ids.append(response.json()["id"])
+            return job_ids, throttled
+
+    tenants = ["alpha", "beta"] * 5
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(run_client, tenants))
+
+    jobs_by_tenant = {"alpha": [], "beta": []}
+    for tenant, (job_ids, _) in zip(tenants, results):
+        jobs_by_tenant[tenant] += job_ids
+    with client_for(keyed_gateway, "alpha") as alpha, client_for(keyed_gateway, "beta") as beta:
+        clients = {"alpha": alpha, "beta": beta}
+        for tenant, job_ids in jobs_by_tenant.items():
+            other = clients["beta" if tenant == "alpha" else "alpha"]
+            for job_id in job_ids:
+                assert wait_for_job(clients[tenant], job_id)["state"] == "succeeded"
+                assert other.get(f"/v1/jobs/{job_id}").status_code == 404
+
+    assert sum(len(ids) for ids in jobs_by_tenant.values()) == 50
+    assert len({job_id for ids in jobs_by_tenant.values() for job_id in ids}) == 50
+    assert sum(throttled for _, throttled in results) > 0

@@ -145,3 +145,25 @@ def _owns(process, worker: str) -> bool:
     child_pid = int(worker.rsplit(":", 1)[1])
     return child_pid in {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
 
+
+
+def test_time_limit_fails_job_and_worker_survives(private_stack, many_lesion_case, small_ct):
+    """A gateway and worker with a 2 s job limit on a queue of their own."""
+    env = {"TUMORTRACK_JOB_TIME_LIMIT_S": "2", "TUMORTRACK_QUEUE": "time-limited", "TUMORTRACK_KEY_PREFIX": "time-limited"}
+    port = free_port()
+    private_stack.start_worker("worker-limited", extra_env=env)
+    private_stack.start_gateway(port, extra_env=env, name="gateway-limited")
+    base_url = f"http://127.0.0.1:{port}"
+    private_stack.wait_http(base_url)
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            slow = wait_for_job(client, submit(client, many_lesion_case), timeout_s=60)
+            quick = wait_for_job(client, submit(client, (small_ct, json.dumps({"frame": "voxel", "lesions": [{"id": 1, "point": {"x": 20, "y": 15, "z": 10}}]}))), timeout_s=60)
+
+        assert slow["state"] == "failed"
+        assert slow["error"]["code"] == "time_limit"
+        assert quick["state"] == "succeeded"
+        assert private_stack.processes["worker-limited"].poll() is None
+    finally:
+        private_stack.stop_process("gateway-limited")
+        private_stack.stop_process("worker-limited")
