@@ -93,7 +93,11 @@ async def save_image_upload(form: FormData, field: str, folder: Path, stem: str,
         raise missing_image_error(field)
     if len(files) != len(values):
         raise InputError(field, "must be sent as file parts, not text values")
+    return await save_image_files(files, field, folder, stem, series_uid)
 
+
+async def save_image_files(files: list[UploadFile], field: str, folder: Path, stem: str, series_uid: str | None) -> CheckedImage:
+    """Store and check one image given as a volume file, or as DICOM zip(s) or files."""
     if len(files) == 1 and volume_suffix(files[0].filename or "") is not None:
         path = await save_volume_upload(files[0], folder, stem, field)
         return await run_in_threadpool(check_volume_file, path, field)

@@ -15,6 +15,7 @@ from lesions.metrics_store import count_job_state
 from worker.celery_app import app
 from worker.runtime import get_runtime
 from worker.segmentation_job import JobCancelled, JobContext, finish_failed, run_segmentation
+from worker.tracking_job import run_tracking
 
 logger = logging.getLogger("tumortrack.job")
 
@@ -35,6 +36,12 @@ def _stop_process(**_):
 def segment(*, job_id: str) -> None:
     """Segment every prompted lesion of a segmentation job."""
     _run_job(job_id, run_segmentation)
+
+
+@app.task(name="tumortrack.track")
+def track(*, job_id: str) -> None:
+    """Track the baseline lesions of a tracking job through its follow-ups."""
+    _run_job(job_id, run_tracking)
 
 
 def _run_job(job_id: str, body) -> None:

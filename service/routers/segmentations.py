@@ -31,7 +31,7 @@ REQUEST_BODY = {
                 "type": "object",
                 "required": ["image", "prompts"],
                 "properties": {
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "One CT volume (.nii, .nii.gz, .nrrd, .mha), or a DICOM series: a .zip, or its .dcm files as several parts named 'image'."},
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "description": "One CT volume (.nii, .nii.gz, .nrrd, .mha), or a DICOM series: a .zip, or its .dcm files as several parts named 'image'."},
                     "series_uid": {"type": "string", "description": "Series Instance UID to use when the DICOM upload holds several series."},
                     "prompts": {
                         "type": "string",

@@ -23,7 +23,7 @@ from service.dependencies import Context
 from service.engine_choice import choose_engine
 from service.job_submission import admit, enqueue, replay_if_repeated
 from service.schemas import ErrorResponse, JobAccepted
-from service.uploads import MAX_PROMPT_BYTES, optional_text, parse_bool, read_form, read_json_part, save_volume_upload, single_file
+from service.uploads import MAX_PROMPT_BYTES, optional_text, parse_bool, read_form, read_json_part, save_image_files, save_image_upload, save_volume_upload, single_file
 
 router = APIRouter(prefix="/v1", tags=["trackings"])
 logger = logging.getLogger("tumortrack.gateway")
@@ -40,8 +40,9 @@ REQUEST_BODY = {
                 "type": "object",
                 "required": ["baseline", "followups"],
                 "properties": {
-                    "baseline": {"type": "string", "format": "binary", "description": "Baseline CT volume (.nii, .nii.gz, .nrrd, .mha)."},
-                    "followups": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "One or more follow-up CT volumes, in time order."},
+                    "baseline": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "description": "Baseline CT: one volume (.nii, .nii.gz, .nrrd, .mha), a .zip of a DICOM series, or the series' files."},
+                    "baseline_series_uid": {"type": "string", "description": "Series Instance UID when the baseline DICOM upload holds several series."},
+                    "followups": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "description": "One or more follow-up CTs in time order, each one volume file or a .zip of a DICOM series."},
                     "prompts": {"type": "string", "description": "Prompt JSON for the baseline (same formats as /v1/segmentations). Give this or baseline_mask."},
                     "baseline_mask": {"type": "string", "format": "binary", "description": "Instance label volume on the baseline's grid (label = lesion id); a binary mask is split into connected components."},
                     "followup_prompts": {"type": "array", "items": {"type": "string"}, "description": "Optional, one per follow-up in the same order: prompt JSON marking lesions there, to find new ones. An empty value means none for that follow-up."},
@@ -74,7 +75,6 @@ async def create_tracking(
     admit(context, tenant)
 
     form = await read_form(request)
-    baseline_upload = single_file(form, "baseline")
     followup_uploads = _followup_files(form)
     prompts_raw = await read_json_part(form, "prompts", required=False)
     mask_upload = single_file(form, "baseline_mask", required=False)
@@ -87,7 +87,7 @@ async def create_tracking(
     job_id = new_job_id()
     inputs = context.store.create(job_id)
     try:
-        options = await _store_inputs(inputs, baseline_upload, followup_uploads, prompts_raw, mask_upload, followup_prompts_raw)
+        options = await _store_inputs(form, inputs, followup_uploads, prompts_raw, mask_upload, followup_prompts_raw)
     except InputError:
         context.store.delete(job_id)
         raise
@@ -128,23 +128,22 @@ async def _followup_prompt_parts(form, followup_count: int) -> list[bytes | None
     return parts
 
 
-async def _store_inputs(inputs, baseline_upload, followup_uploads, prompts_raw, mask_upload, followup_prompts_raw) -> dict:
-    baseline_path = await save_volume_upload(baseline_upload, inputs, "baseline", "baseline")
-    baseline_geometry = await run_in_threadpool(read_volume_header, baseline_path, "baseline")
+async def _store_inputs(form, inputs, followup_uploads, prompts_raw, mask_upload, followup_prompts_raw) -> dict:
+    baseline = await save_image_upload(form, "baseline", inputs, "baseline", optional_text(form, "baseline_series_uid"))
+    baseline_geometry = baseline.geometry
 
     followups = []
     for position, upload in enumerate(followup_uploads):
         field = f"followups[{position}]"
-        path = await save_volume_upload(upload, inputs, f"followup_{position + 1}", field)
-        geometry = await run_in_threadpool(read_volume_header, path, field)
-        entry = {"image_file": path.name, "prompts_file": None}
+        checked = await save_image_files([upload], field, inputs, f"followup_{position + 1}", None)
+        entry = {"image": checked.options, "prompts_file": None}
         if followup_prompts_raw[position] is not None:
-            prompts = parse_prompts(followup_prompts_raw[position], geometry, field=f"followup_prompts[{position}]")
+            prompts = parse_prompts(followup_prompts_raw[position], checked.geometry, field=f"followup_prompts[{position}]")
             entry["prompts_file"] = f"followup_{position + 1}_prompts.json"
             (inputs / entry["prompts_file"]).write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))
         followups.append(entry)
 
-    options = {"baseline_file": baseline_path.name, "followups": followups, "prompts_file": None, "mask_file": None}
+    options = {"baseline": baseline.options, "followups": followups, "prompts_file": None, "mask_file": None, "input_warnings": baseline.warnings}
     if prompts_raw is not None:
         prompts = parse_prompts(prompts_raw, baseline_geometry)
         (inputs / "baseline_prompts.json").write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))

@@ -13,6 +13,7 @@ across runs, since absolute times vary with load.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -41,6 +42,9 @@ def main() -> int:
         return 1
 
     report["request_overhead"] = bench_request_overhead(data / "ibsi_sts_019")
+    report["throughput"] = bench_throughput(data / "ibsi_sts_019")
+    report["dicom_load"] = bench_dicom_load(data / "ibsi_sts_019")
+    report["upload_memory"] = bench_upload_memory()
     report["classical_dice"] = bench_classical_dice(data)
     report["lesionlocator"] = bench_lesionlocator()
 
@@ -90,6 +94,102 @@ def _timed_job(base_url: str, image_path: Path, prompts: str) -> dict:
             raise RuntimeError(f"benchmark job failed: {job['error']}")
         engine_seconds = client.get(f"/v1/jobs/{job_id}/artifacts/lesions.json").json()["engine_seconds"]
     return {"end_to_end_s": round(end_to_end, 3), "engine_s": engine_seconds}
+
+
+def bench_throughput(case_dir: Path, jobs: int = 24, clients: int = 4) -> dict:
+    """Sustained classical jobs per minute with two worker processes, and POST-to-succeeded latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image_path = case_dir / "ct_image.nii.gz"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / "ct_mask.nii.gz")))
+    prompts = json.dumps(box_prompts_from_mask(truth))
+
+    stack = start_stack(store_dir=REPO_ROOT / "var" / "bench-store", log_dir=REPO_ROOT / "var" / "bench-logs", worker_concurrency=2)
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            latencies = [run["end_to_end_s"] for run in pool.map(lambda _: _timed_job(stack.base_url, image_path, prompts), range(jobs))]
+        elapsed = time.perf_counter() - started
+    finally:
+        stack.stop()
+
+    quantiles = statistics.quantiles(latencies, n=20)
+    return {
+        "jobs": jobs,
+        "concurrent_clients": clients,
+        "worker_processes": 2,
+        "jobs_per_minute": round(jobs / elapsed * 60, 1),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p95_s": round(quantiles[18], 3),
+    }
+
+
+def bench_dicom_load(case_dir: Path, repeats: int = 3) -> dict:
+    """Reading the DICOM series against reading its NIfTI twin, same volume."""
+    from lesions.dicom_series import read_dicom_series
+
+    files = sorted((case_dir / "dicom_ct" / "image").glob("*.dcm"))
+    dicom_s = min(_seconds(lambda: read_dicom_series(files)) for _ in range(repeats))
+    nifti_s = min(_seconds(lambda: sitk.ReadImage(str(case_dir / "ct_image.nii.gz"), sitk.sitkFloat32)) for _ in range(repeats))
+    return {"slices": len(files), "dicom_s": round(dicom_s, 4), "nifti_s": round(nifti_s, 4), "dicom_over_nifti": round(dicom_s / nifti_s, 2)}
+
+
+def bench_upload_memory(megabytes: int = int(os.environ.get("TUMORTRACK_BENCH_UPLOAD_MB", "1024"))) -> dict:
+    """Peak resident memory of the gateway while it receives one large volume upload."""
+    workdir = REPO_ROOT / "var" / "bench-upload"
+    workdir.mkdir(parents=True, exist_ok=True)
+    slices = max(2, megabytes * 2**20 // (512 * 512 * 4))
+    path = workdir / "large.nii"
+    _write_large_nifti(path, (512, 512, slices))
+
+    stack = start_stack(store_dir=workdir / "store", log_dir=REPO_ROOT / "var" / "bench-logs")
+    sampler = PeakMemorySampler(stack.processes["gateway"].pid)
+    try:
+        idle_bytes = psutil.Process(stack.processes["gateway"].pid).memory_info().rss
+        sampler.start()
+        prompts = json.dumps({"frame": "voxel", "lesions": [{"id": 1, "point": {"x": 256, "y": 256, "z": slices // 2}}]})
+        with open(path, "rb") as handle:
+            status = httpx.post(f"{stack.base_url}/v1/segmentations", files={"image": (path.name, handle)}, data={"prompts": prompts}, timeout=600).status_code
+        sampler.stop()
+    finally:
+        stack.stop()
+        path.unlink(missing_ok=True)
+
+    return {
+        "upload_mb": round(path_size_mb(slices), 1),
+        "status": status,
+        "gateway_idle_rss_mb": round(idle_bytes / 2**20, 1),
+        "gateway_peak_rss_mb": round(sampler.peak_bytes / 2**20, 1),
+        "peak_over_upload": round(sampler.peak_bytes / (path_size_mb(slices) * 2**20), 3),
+    }
+
+
+def path_size_mb(slices: int) -> float:
+    return 512 * 512 * slices * 4 / 2**20
+
+
+def _write_large_nifti(path: Path, size_xyz: tuple[int, int, int]) -> None:
+    # Written slab by slab from a header of a small image, so the benchmark
+    # itself never holds the whole volume in memory.
+    header_image = sitk.Image([size_xyz[0], size_xyz[1], 1], sitk.sitkFloat32)
+    small = path.with_suffix(".header.nii")
+    sitk.WriteImage(header_image, str(small))
+    header = bytearray(small.read_bytes()[:352])
+    small.unlink()
+    import struct
+
+    struct.pack_into("<hhhhhhhh", header, 40, 3, size_xyz[0], size_xyz[1], size_xyz[2], 1, 1, 1, 1)
+    slab = np.zeros((size_xyz[1], size_xyz[0]), np.float32).tobytes()
+    with open(path, "wb") as handle:
+        handle.write(bytes(header))
+        for _ in range(size_xyz[2]):
+            handle.write(slab)
+
+
+def _seconds(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
 
 
 def bench_classical_dice(data: Path) -> dict:

@@ -1,0 +1,1 @@
+"""Longitudinal lesion tracking: registration between time points and per-lesion re-segmentation."""

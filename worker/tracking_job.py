@@ -1,0 +1,158 @@
+"""Run one tracking job: segment (or read) the baseline lesions, carry them to
+each follow-up in turn, add lesions clicked in a follow-up as new, then measure
+every time point and write masks, tables, the correspondence table with the
+RECIST 1.1 assessment, and previews.
+
+Lesion ids never change: the id a lesion has at baseline is its label value in
+every ``mask_t<i>.nii.gz``. A new lesion gets the next unused id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from lesions.dicom_seg import write_dicom_seg
+from lesions.errors import InputError
+from lesions.image_inputs import LoadedImage, load_image_input
+from lesions.image_io import read_label_volume, write_label_map
+from lesions.label_map import compose_instances
+from lesions.lesion_table import lesions_to_csv, lesions_to_json
+from lesions.measurements import LesionMeasurement, measure_lesions
+from lesions.preview import render_preview
+from lesions.prompt_types import prompt_from_dict
+from lesions.tracking_report import build_correspondence, correspondence_to_csv, stitch_previews
+from worker.engines.base import Engine, EngineOptions
+from worker.segmentation_job import JobContext, describe_artifacts, finish_succeeded
+from worker.tracking.classical_tracker import LesionTrack, track_lesions
+
+
+@dataclass
+class TimePoint:
+    """One image of the series, its label map and how each lesion got there."""
+
+    loaded: LoadedImage
+    labels: np.ndarray
+    tracks: dict[int, LesionTrack] = field(default_factory=dict)
+    new_ids: list[int] = field(default_factory=list)
+    measurements: list[LesionMeasurement] = field(default_factory=list)
+
+
+def run_tracking(context: JobContext) -> None:
+    runtime, options = context.runtime, context.record.options
+    inputs = runtime.store.inputs_dir(context.job_id)
+    engine = runtime.engines.get(context.record.engine)
+    engine_options = EngineOptions(test_time_augmentation=options.get("test_time_augmentation"))
+
+    started = context.enter_stage("loading", 0.02)
+    baseline = load_image_input(inputs, options["baseline"], "baseline")
+    followups = [load_image_input(inputs, entry["image"], f"followups[{position}]") for position, entry in enumerate(options["followups"])]
+    context.stage_done("loading", started, baseline_size=list(baseline.image.GetSize()), followups=len(followups))
+
+    started = context.enter_stage("segmenting", 0.05)
+    labels, sources = baseline_labels(inputs, options, baseline.image, engine, engine_options)
+    context.stage_done("segmenting", started, lesions=len(sources))
+
+    timepoints = [TimePoint(loaded=baseline, labels=labels)]
+    for position, followup in enumerate(followups):
+        started = context.enter_stage("tracking", 0.1 + 0.7 * position / len(followups))
+        timepoint = track_into(timepoints[-1], followup, engine, engine_options)
+        prompts_file = options["followups"][position]["prompts_file"]
+        if prompts_file:
+            add_new_lesions(timepoint, inputs / prompts_file, engine, engine_options, sources, first_id=max(sources, default=0) + 1)
+        timepoints.append(timepoint)
+        context.stage_done("tracking", started, timepoint=position + 1, lesions=len(timepoint.tracks), new=len(timepoint.new_ids))
+
+    started = context.enter_stage("measuring", 0.85)
+    for timepoint in timepoints:
+        timepoint.measurements = measure_lesions(timepoint.loaded.image, timepoint.labels, sources)
+    context.stage_done("measuring", started, timepoints=len(timepoints))
+
+    started = context.enter_stage("exporting", 0.92)
+    export_tracking(context, timepoints, sources)
+    artifacts = describe_artifacts(context)
+    context.stage_done("exporting", started, artifacts=len(artifacts))
+
+    warnings = [f"follow-up {i}: {w}" for i, t in enumerate(timepoints[1:], start=1) for w in t.loaded.warnings]
+    finish_succeeded(context, artifacts, warnings)
+
+
+def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_options: EngineOptions) -> tuple[np.ndarray, dict[int, str]]:
+    """Return the baseline label map and {lesion id: where it came from}."""
+    shape = sitk.GetArrayViewFromImage(image).shape
+    if options["prompts_file"]:
+        document = json.loads((inputs / options["prompts_file"]).read_text())
+        prompts = [prompt_from_dict(entry) for entry in document["lesions"]]
+        masks = engine.segment(image, prompts, engine_options)
+        labels, _ = compose_instances(masks, shape)
+        return labels, {prompt.lesion_id: prompt.describe() for prompt in prompts}
+
+    mask = sitk.GetArrayFromImage(read_label_volume(inputs / options["mask_file"], "baseline_mask"))
+    ids = [int(v) for v in np.unique(mask) if v != 0]
+    if not ids:
+        raise InputError("baseline_mask", "contains no lesion (every voxel is 0)")
+    if ids == [1]:
+        # A binary mask: every connected component is one lesion.
+        mask = cc3d.connected_components(mask > 0, connectivity=26).astype(np.uint16)
+        ids = [int(v) for v in np.unique(mask) if v != 0]
+        return mask, {lesion_id: "baseline mask component" for lesion_id in ids}
+    return mask.astype(np.uint16), {lesion_id: "baseline mask label" for lesion_id in ids}
+
+
+def track_into(previous: TimePoint, followup: LoadedImage, engine: Engine, engine_options: EngineOptions) -> TimePoint:
+    result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
+    return TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=result.lesions)
+
+
+def add_new_lesions(timepoint: TimePoint, prompts_path, engine: Engine, engine_options: EngineOptions, sources: dict[int, str], first_id: int) -> None:
+    """Segment the lesions clicked in a follow-up; those not already tracked become new lesions."""
+    document = json.loads(prompts_path.read_text())
+    prompts = [prompt_from_dict(entry) for entry in document["lesions"]]
+    masks = engine.segment(timepoint.loaded.image, prompts, engine_options)
+
+    next_id = first_id
+    for prompt in prompts:
+        mask = masks.get(prompt.lesion_id)
+        if mask is None or not mask.any():
+            continue
+        tracked = timepoint.labels[mask]
+        # A click on a lesion that is already tracked marks that lesion, not a new one.
+        if np.count_nonzero(tracked) >= 0.1 * mask.sum():
+            continue
+        timepoint.labels[mask & (timepoint.labels == 0)] = next_id
+        timepoint.new_ids.append(next_id)
+        sources[next_id] = f"new at follow-up ({prompt.describe()})"
+        next_id += 1
+
+
+def export_tracking(context: JobContext, timepoints: list[TimePoint], sources: dict[int, str]) -> None:
+    store, job_id = context.runtime.store, context.job_id
+    previews = []
+
+    for index, timepoint in enumerate(timepoints):
+        image = timepoint.loaded.image
+        with store.staged_artifact(job_id, f"mask_t{index}.nii.gz") as path:
+            write_label_map(timepoint.labels, image, path)
+        table = lesions_to_json(timepoint.measurements, extra={"job_id": job_id, "timepoint": index, "engine": context.record.engine})
+        store.write_artifact(job_id, f"lesions_t{index}.json", json.dumps(table, indent=2).encode())
+        store.write_artifact(job_id, f"lesions_t{index}.csv", lesions_to_csv(timepoint.measurements).encode())
+        preview = render_preview(image, timepoint.labels, timepoint.measurements, title=f"t{index}")
+        store.write_artifact(job_id, f"preview_t{index}.png", preview)
+        previews.append(preview)
+        if timepoint.loaded.dicom is not None:
+            with store.staged_artifact(job_id, f"seg_t{index}.dcm") as path:
+                write_dicom_seg(timepoint.labels, timepoint.loaded.dicom, sorted(sources), path)
+
+    correspondence = build_correspondence(
+        [t.measurements for t in timepoints],
+        [{lesion_id: (track.status, track.note) for lesion_id, track in t.tracks.items()} for t in timepoints[1:]],
+        [t.new_ids for t in timepoints[1:]],
+        slice_thickness_mm=timepoints[0].loaded.image.GetSpacing()[2],
+    )
+    store.write_artifact(job_id, "correspondence.json", json.dumps(correspondence, indent=2).encode())
+    store.write_artifact(job_id, "correspondence.csv", correspondence_to_csv(correspondence).encode())
+    store.write_artifact(job_id, "preview.png", stitch_previews(previews))
