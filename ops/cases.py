@@ -84,3 +84,36 @@ def phantom_case(workdir: Path, seed: int = 7) -> DemoCase:
     prompts = workdir / "phantom_prompts.json"
     prompts.write_text(json.dumps(box_prompts_from_mask(truth), indent=2))
     return DemoCase("synthetic phantom (generated; not a real scan)", image_path, prompts, truth_path, synthetic=True)
+
+
+@dataclass
+class TrackingCase:
+    name: str
+    baseline: Path
+    followup: Path
+    baseline_mask: Path
+
+
+def tracking_case(workdir: Path, segmentation: DemoCase) -> TrackingCase:
+    """Return a baseline/follow-up pair: the shared fixture pair when present, else a shifted copy of the demo CT."""
+    fixture = shared_dir() / "fixtures" / "lesionlocator-reference" / "inputs"
+    if (fixture / "images" / "example_ct_fu.nii.gz").exists():
+        return TrackingCase(
+            "TotalSegmentator example CT and a follow-up moved by (-10, +4, -5) voxels; the 'lesions' are five organs",
+            fixture / "images" / "example_ct.nii.gz",
+            fixture / "images" / "example_ct_fu.nii.gz",
+            fixture / "prompts" / "instance_mask" / "example_ct.nii.gz",
+        )
+    return _shifted_followup(workdir, segmentation)
+
+
+def _shifted_followup(workdir: Path, segmentation: DemoCase) -> TrackingCase:
+    """Make a follow-up by moving the demo CT 3 voxels in-plane, keeping its geometry (synthetic)."""
+    image = sitk.ReadImage(str(segmentation.image))
+    array = sitk.GetArrayFromImage(image)
+    moved = np.roll(array, shift=(3, -2), axis=(1, 2))
+    followup = sitk.GetImageFromArray(moved)
+    followup.CopyInformation(image)
+    followup_path = workdir / "followup_shifted.nii.gz"
+    sitk.WriteImage(followup, str(followup_path))
+    return TrackingCase(f"{segmentation.name}, follow-up made by shifting it (synthetic)", segmentation.image, followup_path, segmentation.truth)

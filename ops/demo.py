@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ import httpx
 import numpy as np
 import SimpleITK as sitk
 
-from ops.cases import REPO_ROOT, DemoCase, phantom_case, real_case
+from ops.cases import REPO_ROOT, DemoCase, TrackingCase, phantom_case, real_case, tracking_case
 from ops.stack import start_stack
 
 OUTPUT_DIR = REPO_ROOT / "demo-output"
@@ -31,12 +32,16 @@ def main() -> int:
     OUTPUT_DIR.mkdir(exist_ok=True)
     case = _choose_case(arguments)
     print(f"case: {case.name}\nimage: {case.image}\nprompts: {case.prompts}")
+    tracking = None if arguments.image else tracking_case(REPO_ROOT / "var" / "demo-inputs", case)
 
     redis_url = os.environ.get("TUMORTRACK_REDIS_URL")
     print("starting redis (embedded)" if redis_url is None else f"using redis at {redis_url}", "+ worker + gateway ...", flush=True)
     stack = start_stack(store_dir=REPO_ROOT / "var" / "demo-store", log_dir=REPO_ROOT / "var" / "demo-logs", redis_url=redis_url)
     try:
-        return _run(stack.base_url, case)
+        status = _run(stack.base_url, case)
+        if status == 0 and tracking is not None:
+            status = _run_tracking(stack.base_url, tracking)
+        return status
     finally:
         stack.stop()
         print("stack stopped")
@@ -65,6 +70,51 @@ def _run(base_url: str, case: DemoCase) -> int:
     for name, path in paths.items():
         print(f"  {name:14s} {path}")
     return 0
+
+
+def _run_tracking(base_url: str, case: TrackingCase) -> int:
+    print(f"\n--- tracking ---\ncase: {case.name}\nbaseline: {case.baseline}\nfollow-up: {case.followup}\nbaseline mask: {case.baseline_mask}")
+    client = httpx.Client(base_url=base_url, timeout=60)
+    started = time.perf_counter()
+    files = [
+        ("baseline", (case.baseline.name, case.baseline.read_bytes())),
+        ("followups", (case.followup.name, case.followup.read_bytes())),
+        ("baseline_mask", (case.baseline_mask.name, case.baseline_mask.read_bytes())),
+    ]
+    response = client.post("/v1/trackings", files=files)
+    if response.status_code != 202:
+        print(f"tracking rejected: HTTP {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+
+    job = _wait_for_job(client, response.headers["Location"])
+    if job["state"] != "succeeded":
+        print(f"job {job['id']} {job['state']}: {job.get('error')}", file=sys.stderr)
+        return 1
+
+    paths = _download_artifacts(client, job)
+    print(f"\njob {job['id']} succeeded in {time.perf_counter() - started:.1f} s\n")
+    _print_correspondence(json.loads(paths["correspondence.json"].read_text()))
+    print("\nfiles:")
+    for name, path in paths.items():
+        print(f"  {name:22s} {path}")
+    return 0
+
+
+def _print_correspondence(document: dict) -> None:
+    columns = [("lesion_id", "id"), ("status", "status"), ("previous_volume_ml", "ml before"), ("volume_ml", "ml after"), ("volume_change_percent", "change %"), ("previous_long_axis_mm", "LA before"), ("long_axis_mm", "LA after")]
+    for followup in document["followups"]:
+        print(f"follow-up t{followup['timepoint']}:")
+        print("  ".join(f"{title:>11s}" for _, title in columns))
+        for row in followup["lesions"]:
+            print("  ".join(f"{_format_value(row[key]):>11s}" for key, _ in columns))
+        recist = followup["recist"]
+        print(f"RECIST 1.1: {recist['response']} ({recist['reason']}); target lesions {document['target_lesions']}")
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def _wait_for_job(client: httpx.Client, location: str, timeout_s: float = 600) -> dict:
