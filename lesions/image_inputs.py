@@ -1,9 +1,9 @@
 """One uploaded image, whatever its form: a single volume file, or a DICOM
 series as a zip or as many files.
 
-The gateway calls ``check_image_input`` to validate an upload and learn its
-geometry before a job is queued; the worker calls ``load_image_input`` to read
-the same files, so both sides see the same volume. ``options`` is the small
+The gateway calls ``check_volume_file`` or ``check_dicom_upload`` to validate
+an upload and learn its geometry before a job is queued. The worker calls
+``load_image_input`` to read the same files, so both sides see the same volume. ``options`` is the small
 dict stored in the job record that says which files make the image.
 """
 

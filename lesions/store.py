@@ -1,6 +1,6 @@
 """The job store: a folder on a volume every gateway and worker mounts.
 
-Layout: ``<root>/jobs/<job id>/inputs/`` holds what the client uploaded (after
+Layout: ``<root>/jobs/<job id>/inputs/`` contains what the client uploaded (after
 checks), ``<root>/jobs/<job id>/artifacts/`` what the worker produced. Volumes
 never travel through Redis. Every artifact is written to a temporary name in
 the same folder and renamed into place, so a reader never sees half a file and

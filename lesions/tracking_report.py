@@ -1,10 +1,11 @@
 """The correspondence table across time points and the RECIST 1.1 assessment.
 
-Input per time point is its lesion table (measurements keyed by lesion id,
-the same id at every time point); per follow-up, the status the tracker gave
-each lesion it carried over ("tracked", "disappeared", "not_found",
-"outside_field_of_view") and the ids that are new there. Changes compare each
-follow-up with the time point just before it and with the baseline.
+The input per time point is its lesion table, keyed by lesion id, with the
+same id at every time point. Per follow-up it also takes the status the
+tracker gave each lesion it carried over ("tracked", "disappeared",
+"not_found", "outside_field_of_view") and the ids that are new there. Changes
+compare each follow-up with the time point just before it and with the
+baseline.
 """
 
 from __future__ import annotations

@@ -74,17 +74,17 @@ class Stack:
         return process
 
     def wait_http(self, base_url: str, timeout_s: float = 60.0) -> None:
-        """Wait until a gateway at ``base_url`` answers /healthz."""
+        """Wait until a gateway at ``base_url`` responds to /healthz."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
                     return
             time.sleep(0.3)
-        raise TimeoutError(f"no gateway answered at {base_url} within {timeout_s:.0f} s")
+        raise TimeoutError(f"no gateway responded at {base_url} within {timeout_s:.0f} s")
 
     def wait_ready(self, timeout_s: float = 120.0) -> dict:
-        """Poll /readyz until Redis and a worker answer, or raise with the logs' tails."""
+        """Poll /readyz until Redis and a worker respond, or raise with the logs' tails."""
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:

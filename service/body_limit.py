@@ -1,4 +1,4 @@
-"""ASGI middleware that answers 413 once a request body passes the size limit.
+"""ASGI middleware that returns 413 once a request body passes the size limit.
 
 It checks Content-Length up front and also counts the bytes of chunked
 bodies as they stream in, so a client cannot get past it by leaving the

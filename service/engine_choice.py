@@ -1,4 +1,4 @@
-"""Which engine a job runs on, decided at the gateway from worker heartbeats."""
+"""Engine selection for new jobs, decided at the gateway from worker heartbeats."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Turn every error into a JSON body ``{"error": {"code", "message", "field"}}``.
 
 Client errors keep their status and name the field; anything unexpected is
-logged with its traceback and answered with a generic 500, never with the
+logged with its traceback and gets a generic 500, never with the
 exception text (it could carry paths or patient data).
 """
 

@@ -16,7 +16,7 @@ logger = logging.getLogger("tumortrack.gateway")
 
 
 def replay_if_repeated(context: GatewayContext, tenant: str, idempotency_key: str | None) -> JSONResponse | None:
-    """Return the first job's 202 answer when this request repeats an earlier one, else None."""
+    """Return the first job's 202 response when this request repeats an earlier one, else None."""
     key = validate_idempotency_key(idempotency_key)
     record = previous_job(context, tenant, key)
     if record is None:
@@ -29,7 +29,7 @@ def admit(context: GatewayContext, tenant: str) -> None:
 
 
 def enqueue(context: GatewayContext, record: JobRecord, task_name: str, idempotency_key: str | None) -> JSONResponse:
-    """Store the record, queue the task and answer 202; a lost idempotency race returns the winner's job."""
+    """Store the record, queue the task and return 202. A request that loses an idempotency race gets the winner's job."""
     winner = claim_idempotency_key(context, record.tenant, idempotency_key, record.id)
     if winner is not None and (existing := context.jobs.get(winner)) is not None:
         context.store.delete(record.id)

@@ -1,4 +1,4 @@
-"""What the API returns, per resource."""
+"""Response models of the API, per resource."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ MEDIA_TYPES = {".nii.gz": "application/gzip", ".json": "application/json", ".csv
 
 def _require_job(context, job_id: str, tenant: str) -> JobRecord:
     record = context.jobs.get(job_id) if len(job_id) <= 64 else None
-    # Another tenant's job answers exactly like a missing one, so ids cannot be probed.
+    # Another tenant's job gets the same 404 as a missing one, so ids cannot be probed.
     if record is None or record.tenant != tenant:
         raise ApiError(404, "job_not_found", f"No job with id {job_id!r}; it never existed, was deleted, or has expired.", "job_id")
     return record

@@ -16,6 +16,7 @@ from tests.integration.conftest import wait_for_job
 pytestmark = pytest.mark.integration
 
 KEYS = {"alpha": "key-alpha-0123456789", "beta": "key-beta-9876543210"}
+UPLOAD_LIMIT_BYTES = 1_000_000
 POINT = json.dumps({"frame": "voxel", "lesions": [{"id": 1, "point": {"x": 20, "y": 15, "z": 10}}]})
 
 
@@ -103,7 +104,7 @@ def test_metrics_exposed(client, small_ct):
 def unserved_gateway(stack):
     """A gateway whose queue no worker consumes, so its jobs stay queued."""
     port = free_port()
-    env = {"TUMORTRACK_QUEUE": f"unserved-{uuid.uuid4().hex[:8]}", "TUMORTRACK_KEY_PREFIX": f"unserved-{uuid.uuid4().hex[:8]}", "TUMORTRACK_MAX_ACTIVE_JOBS_PER_TENANT": "2", "TUMORTRACK_MAX_ACTIVE_JOBS_TOTAL": "100"}
+    env = {"TUMORTRACK_QUEUE": f"unserved-{uuid.uuid4().hex[:8]}", "TUMORTRACK_KEY_PREFIX": f"unserved-{uuid.uuid4().hex[:8]}", "TUMORTRACK_MAX_ACTIVE_JOBS_PER_TENANT": "2", "TUMORTRACK_MAX_ACTIVE_JOBS_TOTAL": "100", "TUMORTRACK_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT_BYTES)}
     stack.start_gateway(port, extra_env=env, name="unserved-gateway")
     base_url = f"http://127.0.0.1:{port}"
     stack.wait_http(base_url)
@@ -162,3 +163,26 @@ def test_fifty_jobs_from_ten_clients_of_two_tenants(keyed_gateway, small_ct):
     assert sum(len(ids) for ids in jobs_by_tenant.values()) == 50
     assert len({job_id for ids in jobs_by_tenant.values() for job_id in ids}) == 50
     assert sum(throttled for _, throttled in results) > 0
+
+
+def test_oversized_upload_gets_413(unserved_gateway, tmp_path):
+    payload = tmp_path / "large.nii"
+    payload.write_bytes(b"\0" * (2 * UPLOAD_LIMIT_BYTES))
+
+    with httpx.Client(base_url=unserved_gateway, timeout=60) as client:
+        declared = client.post("/v1/segmentations", files={"image": (payload.name, payload.read_bytes())}, data={"prompts": POINT})
+
+        def chunks():
+            # A well-formed multipart body without Content-Length, sent in pieces.
+            yield b'--bound\r\nContent-Disposition: form-data; name="image"; filename="large.nii"\r\n\r\n'
+            with open(payload, "rb") as handle:
+                while block := handle.read(65536):
+                    yield block
+            yield b"\r\n--bound--\r\n"
+
+        chunked = client.post("/v1/segmentations", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=bound"})
+
+    assert declared.status_code == 413
+    assert declared.json()["error"]["code"] == "request_too_large"
+    assert chunked.status_code == 413
+    assert chunked.json()["error"]["code"] == "request_too_large"
