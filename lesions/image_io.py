@@ -65,7 +65,7 @@ def read_volume_header(path: Path, field: str = "image") -> ImageGeometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(field, f"could not be read as a NIfTI, NRRD or MetaImage volume ({_itk_reason(error)})", code="unreadable_image") from error
+        raise InputError(field, f"could not be read as a NIfTI, NRRD or MetaImage volume ({_itk_reason(error, path)})", code="unreadable_image") from error
 
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1:
@@ -105,13 +105,15 @@ def _read_with_itk(path: Path, field: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(field, f"could not be read as a NIfTI, NRRD or MetaImage volume ({_itk_reason(error)})", code="unreadable_image") from error
+        raise InputError(field, f"could not be read as a NIfTI, NRRD or MetaImage volume ({_itk_reason(error, path)})", code="unreadable_image") from error
 
 
-def _itk_reason(error: RuntimeError) -> str:
-    # ITK messages start with a source path and line; the last line is the reason.
+def _itk_reason(error: RuntimeError, path: Path) -> str:
+    # ITK messages start with a source path and line; the last line is the
+    # reason. The server's own file path is no business of the client's.
     lines = str(error).strip().splitlines()
-    return lines[-1][:200] if lines else "unknown reason"
+    reason = lines[-1] if lines else "unknown reason"
+    return reason.replace(str(path), "the file").replace(path.name, "the file")[:200]
 
 
 def _check_gzip_complete(path: Path, field: str) -> None:

@@ -122,8 +122,8 @@ def _validate_native(document: dict, field: str) -> PromptsIn:
         return PromptsIn.model_validate(document)
     except ValidationError as error:
         first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"])
-        raise InputError(f"{field}.{location}" if location else field, first["msg"]) from error
+        location = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
+        raise InputError(f"{field}{location}", first["msg"]) from error
 
 
 def _resolve_native(prompts: PromptsIn, geometry: ImageGeometry, field: str) -> list[LesionPrompt]:
@@ -225,7 +225,7 @@ def _point_index(value: tuple[float, float, float], frame: str, geometry: ImageG
 
 def _box_indexes(low, high, frame: str, geometry: ImageGeometry, path: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     if any(a >= b for a, b in zip(low, high)):
-        raise InputError(path, f"min {list(low)} must be below max {list(high)} on every axis", code="invalid_box")
+        raise InputError(path, f"min {_format_point(low)} must be below max {_format_point(high)} on every axis (x, y, z)", code="invalid_box")
 
     if frame == "voxel":
         if any(float(v) != int(v) for v in (*low, *high)):
@@ -239,6 +239,10 @@ def _box_indexes(low, high, frame: str, geometry: ImageGeometry, path: str) -> t
     if any(lo < 0 for lo in box_min) or any(hi > limit for hi, limit in zip(box_max, size)) or any(lo >= hi for lo, hi in zip(box_min, box_max)):
         raise InputError(path, f"lies outside the image: voxel box {list(box_min)} to {list(box_max)} (x, y, z, half-open) is not within an image of size {list(size)}", code="prompt_outside_image")
     return box_min, box_max
+
+
+def _format_point(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _world_box_to_voxels(low, high, geometry: ImageGeometry):

@@ -94,6 +94,7 @@ def _run_tracking(base_url: str, case: TrackingCase) -> int:
     paths = _download_artifacts(client, job)
     print(f"\njob {job['id']} succeeded in {time.perf_counter() - started:.1f} s\n")
     _print_correspondence(json.loads(paths["correspondence.json"].read_text()))
+    print("note: the classical engine re-segments each lesion from a box, so volume changes include its segmentation error (see README, Known limits)")
     print("\nfiles:")
     for name, path in paths.items():
         print(f"  {name:22s} {path}")

@@ -52,10 +52,14 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
+        logger.info("rejected %s %s status=%d code=%s", request.method, request.url.path, error.status, error.code)
         return error_response(error.status, error.code, error.message, error.field, error.headers)
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, error: InputError):
+        # The code and field are enough to count and trace rejections; the
+        # message can quote client data, so it stays out of the log.
+        logger.info("rejected %s %s status=%d code=%s field=%s", request.method, request.url.path, error.status, error.code, error.field)
         return error_response(error.status, error.code, error.message, error.field)
 
     @app.exception_handler(RequestValidationError)

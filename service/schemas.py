@@ -21,7 +21,6 @@ class ErrorResponse(BaseModel):
 
 class JobLinks(BaseModel):
     self: str
-    artifacts: str | None = None
 
 
 class JobAccepted(BaseModel):
@@ -60,7 +59,7 @@ class JobOut(BaseModel):
         return cls(
             **record.model_dump(include={"id", "kind", "state", "stage", "progress", "engine", "created_at", "updated_at", "started_at", "finished_at", "expired_at", "error", "warnings"}),
             artifacts=[ArtifactOut(**artifact.model_dump(), url=f"{base}/artifacts/{artifact.name}") for artifact in record.artifacts],
-            links=JobLinks(self=base, artifacts=f"{base}/artifacts/" if record.artifacts else None),
+            links=JobLinks(self=base),
         )
 
 

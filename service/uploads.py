@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from fastapi import Request
+from pydicom.misc import is_dicom
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
@@ -111,7 +112,20 @@ async def save_image_files(files: list[UploadFile], field: str, folder: Path, st
         path = raw / f"{position:05d}{suffix}"
         await run_in_threadpool(_copy_upload, upload, path)
         paths.append(path)
+
+    if len(files) == 1:
+        _check_single_file_kind(files[0].filename or "", paths[0], field)
     return await run_in_threadpool(check_dicom_upload, paths, folder, stem, series_uid, field)
+
+
+def _check_single_file_kind(filename: str, path: Path, field: str) -> None:
+    """Name the client's file when a lone upload is neither a volume, a zip nor DICOM."""
+    if path.suffix == ".zip" or is_dicom(path):
+        return
+    lowered = filename.lower()
+    if lowered.endswith(".dcm") or "." not in lowered.rsplit("/", 1)[-1]:
+        return  # DICOM without the 128-byte preamble; the DICOM reader decides
+    raise InputError(field, f"file {filename!r} is neither a volume (.nii, .nii.gz, .nrrd, .mha) nor a DICOM file or a .zip of a DICOM series", code="unsupported_format")
 
 
 def parse_bool(value: str | None, field: str) -> bool | None:

@@ -42,6 +42,7 @@ def main() -> int:
         return 1
 
     report["request_overhead"] = bench_request_overhead(data / "ibsi_sts_019")
+    report["request_overhead_lesionlocator"] = bench_model_request_overhead()
     report["throughput"] = bench_throughput(data / "ibsi_sts_019")
     report["dicom_load"] = bench_dicom_load(data / "ibsi_sts_019")
     report["upload_memory"] = bench_upload_memory()
@@ -72,6 +73,7 @@ def bench_request_overhead(case_dir: Path) -> dict:
     ratios = [run["end_to_end_s"] / run["engine_s"] for run in runs]
     return {
         "case": case_dir.name,
+        "note_ratio": "the classical engine takes about 15 ms here, so the fixed cost of upload, queue, reading and export dominates the ratio; see request_overhead_lesionlocator for a job whose engine does real work",
         "runs": runs,
         "end_to_end_over_engine_median": round(statistics.median(ratios), 3),
         "target": "under 1.3",
@@ -82,11 +84,42 @@ def bench_request_overhead(case_dir: Path) -> dict:
     }
 
 
-def _timed_job(base_url: str, image_path: Path, prompts: str) -> dict:
+def bench_model_request_overhead() -> dict:
+    """The same ratio where the engine does real work: the tiny lesionlocator checkpoint on the fixture CT."""
+    fixtures = shared_data_dir().parent / "fixtures" / "lesionlocator-reference"
+    if not fixtures.exists():
+        return {"skipped": f"{fixtures} is absent"}
+    image_path = fixtures / "inputs" / "images" / "example_ct.nii.gz"
+    boxes = json.loads((fixtures / "inputs" / "prompts" / "boxes" / "example_ct.json").read_text())
+    prompts = json.dumps({key: boxes[key] for key in ("1", "2", "5")})  # the three single-patch lesions
+    env = {"TUMORTRACK_CHECKPOINT_DIR": str(fixtures / "checkpoints" / "tiny" / "LesionLocatorCheckpoint")}
+
+    stack = start_stack(store_dir=REPO_ROOT / "var" / "bench-store", log_dir=REPO_ROOT / "var" / "bench-logs", extra_env=env)
+    try:
+        _wait_for_engine(stack.base_url, "lesionlocator")
+        runs = [_timed_job(stack.base_url, image_path, prompts, engine="lesionlocator") for _ in range(REQUEST_REPEATS)]
+    finally:
+        stack.stop()
+
+    ratios = [run["end_to_end_s"] / run["engine_s"] for run in runs]
+    return {"case": "example_ct, 3 single-patch box prompts, tiny checkpoint, CPU", "runs": runs, "end_to_end_over_engine_median": round(statistics.median(ratios), 3), "target": "under 1.3"}
+
+
+def _wait_for_engine(base_url: str, name: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        engines = httpx.get(f"{base_url}/v1/engines", timeout=10).json()["engines"]
+        if any(engine["name"] == name and engine["ready"] for engine in engines):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"engine {name} not ready after {timeout_s} s")
+
+
+def _timed_job(base_url: str, image_path: Path, prompts: str, engine: str = "classical") -> dict:
     with httpx.Client(base_url=base_url, timeout=120) as client:
         started = time.perf_counter()
         with open(image_path, "rb") as handle:
-            job_id = client.post("/v1/segmentations", files={"image": (image_path.name, handle)}, data={"prompts": prompts}).json()["id"]
+            job_id = client.post("/v1/segmentations", files={"image": (image_path.name, handle)}, data={"prompts": prompts, "engine": engine}).json()["id"]
         while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed"):
             time.sleep(0.05)
         end_to_end = time.perf_counter() - started

@@ -40,7 +40,7 @@ def test_not_an_image(client, tmp_path):
 def test_unsupported_suffix(client, tmp_path):
     path = tmp_path / "photo.png"
     path.write_bytes(b"\x89PNG....")
-    assert_error(post(client, path), 422, "image", "not_dicom")
+    assert_error(post(client, path), 422, "image", "unsupported_format")
 
 
 def test_truncated_nifti(client, small_ct, tmp_path):
