@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from lesions.logging_config import configure_logging
 from lesions.settings import Settings, get_settings
@@ -34,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.api_key_tenants():
         logging.getLogger("tumortrack.gateway").warning("no API keys configured (TUMORTRACK_API_KEYS): the service is open to every client on its network")
 
-    app = FastAPI(title="TumorTrack", version="1.0.0", description=DESCRIPTION)
+    # Swagger UI's scripts are served by the gateway itself, since hospital
+    # networks often cannot reach the public CDN that FastAPI's default page uses.
+    app = FastAPIOffline(title="TumorTrack", version="1.0.0", description=DESCRIPTION)
     app.state.context = build_context(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)

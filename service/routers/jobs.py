@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
-from lesions.jobs import FINAL_STATES, JobRecord, JobState, utcnow
+from lesions.jobs import FINAL_STATES, JobError, JobRecord, JobState, utcnow
 from lesions.metrics_store import count_job_state
 from service.auth import Tenant
 from service.dependencies import Context
@@ -17,7 +17,40 @@ from service.schemas import ErrorResponse, JobOut
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger("tumortrack.gateway")
 
+# Slack on top of the visibility timeout before a silent running job is given up.
+ABANDON_GRACE_S = 60
+
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".json": "application/json", ".csv": "text/csv", ".png": "image/png", ".dcm": "application/dicom"}
+
+
+def _fail_if_abandoned(context, record: JobRecord) -> JobRecord:
+    """Mark a running job failed when no worker touched it for longer than any attempt may last.
+
+    A worker process killed by the hard time limit leaves its job "running"
+    with nobody to finish it; a redelivered attempt would have updated the
+    record within the visibility timeout, so silence past it means the job
+    is lost.
+    """
+    if record.state != JobState.running:
+        return record
+    silent_s = (utcnow() - record.updated_at).total_seconds()
+    if silent_s <= context.settings.visibility_timeout_s + ABANDON_GRACE_S:
+        return record
+
+    def fail(current: JobRecord) -> JobRecord | None:
+        if current.state != JobState.running or current.updated_at != record.updated_at:
+            return None
+        current.state = JobState.failed
+        current.finished_at = utcnow()
+        current.error = JobError(code="time_limit", message="The job stopped reporting progress for longer than its time limit and was given up; try fewer lesions or a smaller image.")
+        return current
+
+    updated = context.jobs.update(record.id, fail) or record
+    if updated.state == JobState.failed:
+        context.jobs.mark_inactive(record.id, record.tenant)
+        count_job_state(context.redis, context.settings.key_prefix, "failed", record.engine)
+        logger.warning("job=%s given up after %.0f s without a worker update", record.id, silent_s)
+    return updated
 
 
 def _require_job(context, job_id: str, tenant: str) -> JobRecord:
@@ -25,7 +58,7 @@ def _require_job(context, job_id: str, tenant: str) -> JobRecord:
     # Another tenant's job gets the same 404 as a missing one, so ids cannot be probed.
     if record is None or record.tenant != tenant:
         raise ApiError(404, "job_not_found", f"No job with id {job_id!r}; it never existed, was deleted, or has expired.", "job_id")
-    return record
+    return _fail_if_abandoned(context, record)
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})

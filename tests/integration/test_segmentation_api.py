@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,13 @@ def test_delete_removes_job_and_files(client, small_ct):
     assert client.get(f"/v1/jobs/{job['id']}/artifacts/mask.nii.gz").status_code == 404
 
 
-def test_swagger_ui_and_openapi_served(client):
-    assert "swagger-ui" in client.get("/docs").text
+def test_swagger_ui_served_without_cdn(client):
+    page = client.get("/docs").text
+    scripts = re.findall(r'src="([^"]+)"', page)
+
+    assert "swagger-ui" in page
+    assert "cdn." not in page
+    assert scripts
+    for script in scripts:
+        assert client.get(script).status_code == 200
     assert "/v1/segmentations" in client.get("/openapi.json").json()["paths"]
