@@ -17,8 +17,17 @@ from service.schemas import ErrorResponse, JobOut
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger("tumortrack.gateway")
 
-# Slack on top of the visibility timeout before a silent running job is given up.
-ABANDON_GRACE_S = 60
+# Kombu restores an unacknowledged message only some time after its visibility
+# timeout (seen here: more than a minute past a 13 s timeout), so a silent job
+# is given up only well after that.
+ABANDON_VISIBILITY_FACTOR = 3
+ABANDON_MIN_GRACE_S = 600
+
+
+def abandon_after_s(settings) -> float:
+    """Return how long a running job may go without a worker update before it is given up."""
+    timeout = settings.visibility_timeout_s
+    return max(ABANDON_VISIBILITY_FACTOR * timeout, timeout + ABANDON_MIN_GRACE_S)
 
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".json": "application/json", ".csv": "text/csv", ".png": "image/png", ".dcm": "application/dicom"}
 
@@ -27,14 +36,13 @@ def _fail_if_abandoned(context, record: JobRecord) -> JobRecord:
     """Mark a running job failed when no worker touched it for longer than any attempt may last.
 
     A worker process killed by the hard time limit leaves its job "running"
-    with nobody to finish it; a redelivered attempt would have updated the
-    record within the visibility timeout, so silence past it means the job
-    is lost.
+    and no worker picks it up again. A redelivered attempt after a lost worker
+    updates the record well before ``abandon_after_s``.
     """
     if record.state != JobState.running:
         return record
     silent_s = (utcnow() - record.updated_at).total_seconds()
-    if silent_s <= context.settings.visibility_timeout_s + ABANDON_GRACE_S:
+    if silent_s <= abandon_after_s(context.settings):
         return record
 
     def fail(current: JobRecord) -> JobRecord | None:

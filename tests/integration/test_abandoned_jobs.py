@@ -10,6 +10,7 @@ import redis
 
 from lesions.jobs import JobRecord, JobRepository, JobState, new_job_id, utcnow
 from lesions.settings import Settings
+from service.routers.jobs import abandon_after_s
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def store_running_job(stack, silent_for_s: float) -> str:
 
 
 def test_silent_running_job_is_given_up(client, stack):
-    limit = Settings().visibility_timeout_s + 60
+    limit = abandon_after_s(Settings())
     lost = store_running_job(stack, silent_for_s=limit + 5)
     busy = store_running_job(stack, silent_for_s=limit - 120)
 
