@@ -3,7 +3,10 @@
 The input per time point is its lesion table, keyed by lesion id, with the
 same id at every time point. Per follow-up it also takes the status the
 tracker gave each lesion it carried over ("tracked", "disappeared",
-"not_found", "outside_field_of_view") and the ids that are new there. Changes
+"not_found", "outside_field_of_view"), a note, the volume of the previous
+mask carried onto the follow-up by the registration, and the ids that are new
+there. The carried volume is what an unchanged lesion would measure, so it
+separates real change from the engine's segmentation error. Changes
 compare each follow-up with the time point just before it and with the
 baseline.
 """
@@ -21,7 +24,7 @@ from lesions.recist import assess, select_target_lesions, sum_of_diameters
 
 CSV_COLUMNS = [
     "timepoint", "lesion_id", "status", "note", "target",
-    "previous_volume_ml", "volume_ml", "volume_change_ml", "volume_change_percent",
+    "previous_volume_ml", "carried_volume_ml", "volume_ml", "volume_change_ml", "volume_change_percent",
     "previous_long_axis_mm", "long_axis_mm", "long_axis_change_mm",
     "previous_short_axis_mm", "short_axis_mm", "short_axis_change_mm",
     "baseline_volume_ml", "volume_change_from_baseline_percent",
@@ -30,7 +33,7 @@ CSV_COLUMNS = [
 
 def build_correspondence(
     measurements: Sequence[Sequence[LesionMeasurement]],
-    tracks: Sequence[dict[int, tuple[str, str]]],
+    tracks: Sequence[dict[int, tuple[str, str, float]]],
     new_ids: Sequence[Sequence[int]],
     slice_thickness_mm: float | None = None,
 ) -> dict:
@@ -80,11 +83,12 @@ def stitch_previews(previews: Sequence[bytes]) -> bytes:
     return output.getvalue()
 
 
-def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, tuple[str, str]], new_ids: Sequence[int], targets: list[int]) -> dict:
+def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, tuple[str, str, float]], new_ids: Sequence[int], targets: list[int]) -> dict:
     current = by_id[index].get(lesion_id)
     previous = by_id[index - 1].get(lesion_id)
     baseline = by_id[0].get(lesion_id)
     status, note = _status(lesion_id, current, previous, tracks, new_ids)
+    carried = tracks[lesion_id][2] if lesion_id in tracks else None
 
     return {
         "timepoint": index,
@@ -93,6 +97,7 @@ def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, tuple[
         "note": note,
         "target": lesion_id in targets,
         "previous_volume_ml": _value(previous, "volume_ml"),
+        "carried_volume_ml": round(carried, 3) if carried is not None else None,
         "volume_ml": _value(current, "volume_ml"),
         "volume_change_ml": _difference(current, previous, "volume_ml"),
         "volume_change_percent": _percent(current, previous, "volume_ml"),
@@ -111,7 +116,7 @@ def _status(lesion_id, current, previous, tracks, new_ids) -> tuple[str, str]:
     if lesion_id in new_ids:
         return "new", "clicked at this follow-up and not overlapping any tracked lesion"
     if lesion_id in tracks:
-        return tracks[lesion_id]
+        return tracks[lesion_id][:2]
     if previous is None or not previous.found:
         return "absent", "already gone at the previous time point"
     return ("tracked", "") if current is not None and current.found else ("disappeared", "")

@@ -94,7 +94,8 @@ def _run_tracking(base_url: str, case: TrackingCase) -> int:
     paths = _download_artifacts(client, job)
     print(f"\njob {job['id']} succeeded in {time.perf_counter() - started:.1f} s\n")
     _print_correspondence(json.loads(paths["correspondence.json"].read_text()))
-    print("note: the classical engine re-segments each lesion from a box, so volume changes include its segmentation error (see README, Known limits)")
+    print("note: 'ml carried' is the previous mask moved onto the follow-up by the registration, i.e. the volume if nothing changed;")
+    print("      the classical engine re-segments each lesion from a box, so 'ml after' also contains its segmentation error (README, Known limits)")
     print("\nfiles:")
     for name, path in paths.items():
         print(f"  {name:22s} {path}")
@@ -102,7 +103,7 @@ def _run_tracking(base_url: str, case: TrackingCase) -> int:
 
 
 def _print_correspondence(document: dict) -> None:
-    columns = [("lesion_id", "id"), ("status", "status"), ("previous_volume_ml", "ml before"), ("volume_ml", "ml after"), ("volume_change_percent", "change %"), ("previous_long_axis_mm", "LA before"), ("long_axis_mm", "LA after")]
+    columns = [("lesion_id", "id"), ("status", "status"), ("previous_volume_ml", "ml before"), ("carried_volume_ml", "ml carried"), ("volume_ml", "ml after"), ("volume_change_percent", "change %"), ("previous_long_axis_mm", "LA before"), ("long_axis_mm", "LA after")]
     for followup in document["followups"]:
         print(f"follow-up t{followup['timepoint']}:")
         print("  ".join(f"{title:>11s}" for _, title in columns))

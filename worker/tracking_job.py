@@ -149,7 +149,7 @@ def export_tracking(context: JobContext, timepoints: list[TimePoint], sources: d
 
     correspondence = build_correspondence(
         [t.measurements for t in timepoints],
-        [{lesion_id: (track.status, track.note) for lesion_id, track in t.tracks.items()} for t in timepoints[1:]],
+        [{lesion_id: (track.status, track.note, track.warped_volume_ml) for lesion_id, track in t.tracks.items()} for t in timepoints[1:]],
         [t.new_ids for t in timepoints[1:]],
         slice_thickness_mm=timepoints[0].loaded.image.GetSpacing()[2],
     )

@@ -77,6 +77,9 @@ def test_tracking_with_baseline_mask(client, pair, tmp_path):
     rows = document["followups"][0]["lesions"]
     assert [row["lesion_id"] for row in rows] == [1, 2, 3, 4, 5]
     assert all(row["status"] == "tracked" for row in rows)
+    # The follow-up is the baseline shifted by whole voxels, so the carried masks keep their volumes.
+    for row in rows:
+        assert row["carried_volume_ml"] == pytest.approx(row["previous_volume_ml"], rel=0.05)
     assert document["followups"][0]["recist"]["response"] in ("SD", "PR", "PD", "CR")
     csv_rows = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.csv").text)))
     assert len(csv_rows) == 5
