@@ -17,7 +17,22 @@ import time
 from pathlib import Path
 
 CREATED_MARKER = ".created"
+MEDIA_TYPES = {
+    ".nii.gz": "application/gzip",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".png": "image/png",
+    ".dcm": "application/dicom",
+}
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def media_type_of(name: str) -> str:
+    """Return the media type of an artifact from its file name."""
+    for suffix, media_type in MEDIA_TYPES.items():
+        if name.endswith(suffix):
+            return media_type
+    return "application/octet-stream"
 
 
 class JobStore:

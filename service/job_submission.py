@@ -15,17 +15,19 @@ from service.schemas import JobAccepted, JobLinks
 logger = logging.getLogger("tumortrack.gateway")
 
 
-def replay_if_repeated(context: GatewayContext, tenant: str, idempotency_key: str | None) -> JSONResponse | None:
-    """Return the first job's 202 response when this request repeats an earlier one, else None."""
+def admit_or_replay(context: GatewayContext, tenant: str, idempotency_key: str | None) -> JSONResponse | None:
+    """Return the first job's 202 response when this request repeats an earlier one.
+
+    Otherwise check the queue limits (raising 429) and return None, so the
+    caller goes on to create the job.
+    """
     key = validate_idempotency_key(idempotency_key)
     record = previous_job(context, tenant, key)
-    if record is None:
-        return None
-    return accepted_response(record, replayed=True)
+    if record is not None:
+        return accepted_response(record, replayed=True)
 
-
-def admit(context: GatewayContext, tenant: str) -> None:
     check_queue_limits(context, tenant)
+    return None
 
 
 def enqueue(context: GatewayContext, record: JobRecord, task_name: str, idempotency_key: str | None) -> JSONResponse:

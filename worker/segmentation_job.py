@@ -24,20 +24,12 @@ from lesions.lesion_table import lesions_to_csv, lesions_to_json
 from lesions.measurements import measure_lesions
 from lesions.metrics_store import count_job_state, observe_stage
 from lesions.preview import render_preview
+from lesions.store import media_type_of
 from lesions.prompt_types import LesionPrompt, prompt_from_dict
 from worker.engines.base import EngineOptions
 from worker.runtime import WorkerRuntime
 
 logger = logging.getLogger("tumortrack.job")
-
-MEDIA_TYPES = {
-    ".nii.gz": "application/gzip",
-    ".json": "application/json",
-    ".csv": "text/csv",
-    ".png": "image/png",
-    ".dcm": "application/dicom",
-}
-
 
 class JobCancelled(Exception):
     """The client cancelled the job while it ran; stop without writing a result."""
@@ -134,13 +126,6 @@ def export_segmentation(context: JobContext, loaded: LoadedImage, labels: np.nda
 
 def describe_artifacts(context: JobContext) -> list[ArtifactInfo]:
     return [ArtifactInfo(name=path.name, media_type=media_type_of(path.name), size=path.stat().st_size) for path in context.runtime.store.list_artifacts(context.job_id)]
-
-
-def media_type_of(name: str) -> str:
-    for suffix, media_type in MEDIA_TYPES.items():
-        if name.endswith(suffix):
-            return media_type
-    return "application/octet-stream"
 
 
 def finish_succeeded(context: JobContext, artifacts: list[ArtifactInfo], warnings: list[str]) -> None:

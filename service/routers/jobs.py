@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from lesions.jobs import FINAL_STATES, JobError, JobRecord, JobState, utcnow
 from lesions.metrics_store import count_job_state
+from lesions.store import media_type_of
 from service.auth import Tenant
 from service.dependencies import Context
 from service.errors import ApiError
@@ -29,7 +30,6 @@ def abandon_after_s(settings) -> float:
     timeout = settings.visibility_timeout_s
     return max(ABANDON_VISIBILITY_FACTOR * timeout, timeout + ABANDON_MIN_GRACE_S)
 
-MEDIA_TYPES = {".nii.gz": "application/gzip", ".json": "application/json", ".csv": "text/csv", ".png": "image/png", ".dcm": "application/dicom"}
 
 
 def _fail_if_abandoned(context, record: JobRecord) -> JobRecord:
@@ -90,8 +90,7 @@ def get_artifact(job_id: str, name: str, context: Context, tenant: Tenant) -> Fi
     if path is None or name not in {artifact.name for artifact in record.artifacts}:
         available = [artifact.name for artifact in record.artifacts]
         raise ApiError(404, "artifact_not_found", f"Job {job_id} has no artifact {name!r}; available: {available}.", "name")
-    media_type = next((value for suffix, value in MEDIA_TYPES.items() if name.endswith(suffix)), "application/octet-stream")
-    return FileResponse(path, media_type=media_type, filename=name)
+    return FileResponse(path, media_type=media_type_of(name), filename=name)
 
 
 @router.delete("/{job_id}", status_code=204, operation_id="delete_job", responses={404: {"model": ErrorResponse}})

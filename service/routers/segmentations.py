@@ -16,7 +16,7 @@ from lesions.prompts import PromptsIn, parse_prompts
 from service.auth import Tenant
 from service.dependencies import Context
 from service.engine_choice import choose_engine
-from service.job_submission import admit, enqueue, replay_if_repeated
+from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
 from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_image_upload
 
@@ -63,9 +63,8 @@ async def create_segmentation(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key returns the first job.")] = None,
 ) -> JSONResponse:
     """Segment every prompted lesion of one CT volume."""
-    if (replay := replay_if_repeated(context, tenant, idempotency_key)) is not None:
+    if (replay := admit_or_replay(context, tenant, idempotency_key)) is not None:
         return replay
-    admit(context, tenant)
 
     form = await read_form(request)
     prompts_raw = await read_json_part(form, "prompts")

@@ -21,7 +21,7 @@ from lesions.prompts import parse_prompts
 from service.auth import Tenant
 from service.dependencies import Context
 from service.engine_choice import choose_engine
-from service.job_submission import admit, enqueue, replay_if_repeated
+from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
 from service.uploads import MAX_PROMPT_BYTES, optional_text, parse_bool, read_form, read_json_part, save_image_files, save_image_upload, save_volume_upload, single_file
 
@@ -70,9 +70,8 @@ async def create_tracking(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key returns the first job.")] = None,
 ) -> JSONResponse:
     """Track the baseline's lesions through each follow-up: masks with stable ids, correspondence and RECIST 1.1."""
-    if (replay := replay_if_repeated(context, tenant, idempotency_key)) is not None:
+    if (replay := admit_or_replay(context, tenant, idempotency_key)) is not None:
         return replay
-    admit(context, tenant)
 
     form = await read_form(request)
     followup_uploads = _followup_files(form)
