@@ -1,7 +1,7 @@
 """Image geometry and the voxel/world conversions every prompt goes through.
 
-Conventions: index order is ITK's (x, y, z); world coordinates are LPS
-millimetres; an integer index addresses a voxel centre, so a voxel spans
+Conventions: index order is ITK's (x, y, z), and world coordinates are LPS
+millimetres. An integer index addresses a voxel centre, so a voxel spans
 index - 0.5 to index + 0.5 along each axis. ``physical = origin + direction @
 (spacing * index)``, which is what ``TransformContinuousIndexToPhysicalPoint``
 computes.

@@ -3,8 +3,9 @@ series as a zip or as many files.
 
 The gateway calls ``check_volume_file`` or ``check_dicom_upload`` to validate
 an upload and learn its geometry before a job is queued. The worker calls
-``load_image_input`` to read the same files, so both sides see the same volume. ``options`` is the small
-dict stored in the job record that says which files make the image.
+``load_image_input`` to read the same files, so both sides see the same
+volume. ``options`` is the small dict stored in the job record that names the
+files of the image.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lesions.image_io import read_volume, read_volume_header
 
 @dataclass
 class CheckedImage:
-    """What the gateway learned about an upload."""
+    """Result of the gateway's check of an upload: image options, geometry and warnings."""
 
     options: dict
     geometry: ImageGeometry
@@ -33,7 +34,7 @@ class CheckedImage:
 
 @dataclass
 class LoadedImage:
-    """What the worker reads: the volume, warnings for the job, and the DICOM source if any."""
+    """Image read by the worker: the volume, warnings for the job, and the DICOM source if any."""
 
     image: sitk.Image
     warnings: list[str]
@@ -48,10 +49,10 @@ def check_volume_file(path: Path, field_name: str) -> CheckedImage:
 def check_dicom_upload(uploaded: list[Path], folder: Path, stem: str, series_uid: str | None, field_name: str) -> CheckedImage:
     """Unpack the uploaded DICOM files or zips under ``folder`` and read the series once.
 
-    NOTE: this reads the pixel data in the gateway (about three times the
-    float32 volume at peak) so that resampling warnings and the exact geometry
-    are known before the job is queued; a header-only check would keep the
-    gateway lighter.
+    NOTE: this reads the pixel data in the gateway, about three times the
+    float32 volume at peak. It does so because resampling warnings and the
+    exact geometry must be known before the job is queued. A header-only
+    check would keep the gateway lighter.
     """
     files = extract_upload(uploaded, folder / f"{stem}_dicom", field=field_name)
     volume = read_dicom_series(files, series_uid, field=field_name)

@@ -55,7 +55,7 @@ def read_volume(path: Path, field: str = "image") -> sitk.Image:
 def read_volume_header(path: Path, field: str = "image") -> ImageGeometry:
     """Check a volume file without reading its voxels and return its geometry.
 
-    The gateway calls this so that a bad upload is answered at once; the worker
+    The gateway calls this so that a bad upload is rejected at once; the worker
     reads the voxels later with ``read_volume``.
     """
     _check_gzip_complete(path, field)

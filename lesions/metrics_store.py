@@ -25,7 +25,7 @@ def count_job_state(client: redis.Redis, prefix: str, state: str, engine: str) -
     try:
         client.hincrby(_jobs_key(prefix), f"{state}|{engine}", 1)
     except redis.RedisError:
-        # Metrics must never fail a job.
+        # A Redis error while counting is dropped so that it cannot fail a job.
         pass
 
 

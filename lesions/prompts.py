@@ -13,7 +13,7 @@ Three formats are accepted and converted here, once, to ``LesionPrompt``
   boxes half-open, values numbers or numeric strings.
 - grand-challenge "Multiple points" (``{"type": "Multiple points", "points":
   [{"name": "1", "point": [x, y, z]}]}``): world mm by grand-challenge's
-  convention; a top-level ``"frame": "voxel"`` says the points are voxel
+  convention; a top-level ``"frame": "voxel"`` marks the points as voxel
   indexes instead, as the autoPET IV click files are.
 
 A prompt outside the image is rejected with the prompt's path in the message,

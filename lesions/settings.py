@@ -1,9 +1,9 @@
 """Settings shared by the gateway and the workers, read from TUMORTRACK_* variables.
 
-Queue timings all derive from one number, the hard job time limit T: the
-soft limit is 0.9 T (the task gets a chance to fail cleanly) and the Redis
-visibility timeout is 1.1 T, so a message is redelivered only when its worker
-really died, never while a long job is still running.
+Queue timings all derive from one number, the hard job time limit T. The
+soft limit is 0.9 T, so the task gets a chance to fail cleanly. The Redis
+visibility timeout is 1.1 T, so a message is redelivered only after its
+worker died, not while a long job is still running.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The correspondence table across time points and the RECIST 1.1 assessment.
 
 The input per time point is its lesion table, keyed by lesion id, with the
-same id at every time point. Per follow-up it also takes the status the
-tracker gave each lesion it carried over ("tracked", "disappeared",
-"not_found", "outside_field_of_view"), a note, the volume of the previous
-mask carried onto the follow-up by the registration, and the ids that are new
+same id at every time point. Per follow-up it also takes, for each lesion the
+tracker carried over, its status ("tracked", "disappeared", "not_found",
+"outside_field_of_view"), a note, and the volume of the previous mask carried
+onto the follow-up by the registration. It also takes the ids that are new
 there. The carried volume is what an unchanged lesion would measure, so it
 separates real change from the engine's segmentation error. Changes
 compare each follow-up with the time point just before it and with the

@@ -2,7 +2,7 @@
 lesion table and where the files are, then shut everything down.
 
 Without --image/--prompts it runs on a real CT from ../shared/data when that
-folder exists, else on a synthetic phantom, and says which.
+folder exists, else on a synthetic phantom, and prints which.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ def choose_engine(context: GatewayContext, requested: str | None) -> str:
     if name not in KNOWN_ENGINES:
         raise InputError("engine", f"unknown engine {name!r}; choose one of {list(KNOWN_ENGINES)}", code="unknown_engine")
 
-    # With no live worker at all the job waits in the queue for the classical
-    # engine, which every worker has; a model engine must be reported ready.
+    # With no live worker at all, a classical job still waits in the queue,
+    # because every worker has that engine. A model engine must be reported ready.
     if name != "classical" and not any(report["ready"] for report in reports.get(name, [])):
         details = sorted({report.get("detail", "") for report in reports.get(name, []) if report.get("detail")})
         reason = "; ".join(details) if details else "no live worker reports it"

@@ -1,8 +1,8 @@
 """Turn every error into a JSON body ``{"error": {"code", "message", "field"}}``.
 
-Client errors keep their status and name the field; anything unexpected is
-logged with its traceback and gets a generic 500, never with the
-exception text (it could carry paths or patient data).
+Client errors keep their status and name the field. Anything unexpected is
+logged with its traceback and the client gets a generic 500 without the
+exception text, because that text could carry paths or patient data.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Read the multipart form of a job submission and move its files into the store.
 
 Starlette spools each uploaded file to a temporary file past 1 MB, so the
-gateway's memory stays flat whatever the image size; the copy into the store
-runs in a thread so the event loop keeps serving other requests.
+gateway's memory stays flat whatever the image size. The copy into the store
+runs in a thread, so the event loop keeps serving other requests.
 """
 
 from __future__ import annotations

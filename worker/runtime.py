@@ -1,5 +1,5 @@
 """Per-process state of a worker: Redis client, job repository, store, engines
-and the heartbeat thread that tells the gateway this process is alive.
+and the heartbeat thread that reports to the gateway that this process is alive.
 
 It is built lazily in each pool process (never in the parent before the fork),
 because CUDA cannot be used across a fork and each process must own its

@@ -1,7 +1,10 @@
-"""Run one tracking job: segment (or read) the baseline lesions, carry them to
-each follow-up in turn, add lesions clicked in a follow-up as new, then measure
-every time point and write masks, tables, the correspondence table with the
-RECIST 1.1 assessment, and previews.
+"""Run one tracking job.
+
+The job segments (or reads) the baseline lesions and carries them to each
+follow-up in turn. Lesions clicked in a follow-up and not tracked there become
+new lesions. Then every time point is measured, and the job writes masks,
+lesion tables, the correspondence table with the RECIST 1.1 assessment, and
+previews.
 
 Lesion ids never change: the id a lesion has at baseline is its label value in
 every ``mask_t<i>.nii.gz``. A new lesion gets the next unused id.

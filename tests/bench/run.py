@@ -202,8 +202,8 @@ def path_size_mb(slices: int) -> float:
 
 
 def _write_large_nifti(path: Path, size_xyz: tuple[int, int, int]) -> None:
-    # Written slab by slab from a header of a small image, so the benchmark
-    # itself never holds the whole volume in memory.
+    # Written slab by slab after the header of a small image, so the benchmark
+    # never keeps the whole volume in memory.
     header_image = sitk.Image([size_xyz[0], size_xyz[1], 1], sitk.sitkFloat32)
     small = path.with_suffix(".header.nii")
     sitk.WriteImage(header_image, str(small))

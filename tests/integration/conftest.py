@@ -3,7 +3,7 @@ gateway behind uvicorn, reached over HTTP on loopback.
 
 With TUMORTRACK_TEST_REDIS_URL set (CI points it at the machine's Redis), the
 tests use that server under a key prefix and queue of their own and never
-flush it; otherwise they start a private redis-server.
+flush it. Without it they start a private redis-server.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The lesionlocator engine through the whole stack, on the fixtures' tiny
 random-weight checkpoint: a worker loads it, /v1/engines reports it, and a job
-that asks for it returns the engine's masks."""
+that requests it returns the engine's masks."""
 
 from __future__ import annotations
 

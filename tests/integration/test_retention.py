@@ -1,4 +1,4 @@
-"""Uploads and artifacts are purged after the retention time and the record says so."""
+"""Uploads and artifacts are purged after the retention time, and the record shows when."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 # The fixture "lesions" are organs (adrenal glands, gallbladder, kidney,
 # spleen), which the classical engine re-segments only roughly (Dice 0.44 to
-# 0.79 here), so the test checks that each tracked lesion overlaps its own
+# 0.79 here). So the test checks that each tracked lesion overlaps its own
 # true follow-up organ more than any other, and the Dice on average.
 MIN_LESION_DICE = 0.35
 MIN_MEAN_TRACKED_DICE = 0.55

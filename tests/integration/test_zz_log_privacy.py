@@ -1,7 +1,7 @@
 """No patient name, ID or birth date in any log line the suite's services wrote.
 
-The file name sorts last so it runs after the other integration tests and
-scans their logs too; it also runs a DICOM job of its own with identifiers it
+The file name sorts last, so it runs after the other integration tests and
+scans their logs too. It also runs a DICOM job of its own with identifiers it
 planted, so it cannot pass merely because no DICOM went through.
 """
 

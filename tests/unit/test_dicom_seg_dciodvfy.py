@@ -1,7 +1,7 @@
 """dciodvfy (Debian's dicom3tools) validates the SEG we write from the real CT series.
 
 The source series itself carries an over-long Study ID, which the SEG copies
-verbatim so that it stays the same study; errors the source already has are
+verbatim so that it stays the same study. Errors the source already has are
 therefore allowed, and any other error fails the test.
 """
 

@@ -29,7 +29,7 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class EngineStatus:
-    """What GET /v1/engines reports about one engine on this worker."""
+    """Status of one engine on this worker, as GET /v1/engines reports it."""
 
     name: str
     ready: bool

@@ -1,8 +1,8 @@
 """Build the engines a worker process offers, once per process.
 
 The classical engine is always there. The lesionlocator engine is built when
-TUMORTRACK_CHECKPOINT_DIR is set; a missing or broken checkpoint leaves it
-unavailable with a message naming the file, and the classical engine keeps
+TUMORTRACK_CHECKPOINT_DIR is set. A missing or broken checkpoint leaves it
+unavailable with a message naming the file, while the classical engine keeps
 serving.
 """
 
