@@ -14,7 +14,12 @@ Three formats are accepted and converted here, once, to ``LesionPrompt``
 - grand-challenge "Multiple points" (``{"type": "Multiple points", "points":
   [{"name": "1", "point": [x, y, z]}]}``): world mm by grand-challenge's
   convention; a top-level ``"frame": "voxel"`` marks the points as voxel
-  indexes instead, as the autoPET IV click files are.
+  indexes instead, as the autoPET IV click files are. Points named
+  "background" are clicks outside any lesion: no engine takes negative
+  clicks, so they are left out rather than segmented as lesions.
+- autoPET's click lists (``{"tumor": [[x, y, z], ...], "background": [...]}``):
+  voxel indexes; each tumour click is one lesion, numbered from 1 in file
+  order, and background clicks are left out as above.
 
 A prompt outside the image is rejected with the prompt's path in the message,
 never clipped.
@@ -37,6 +42,9 @@ MAX_LESIONS = 256
 MAX_LESION_ID = 65535  # label maps are written as uint16
 
 Frame = Literal["voxel", "world"]
+
+# grand-challenge point name of a click outside every lesion (autoPET IV task 1).
+BACKGROUND_CLICK_NAME = "background"
 
 
 class Coordinate(BaseModel):
@@ -106,8 +114,10 @@ def parse_prompts(raw: bytes | str, geometry: ImageGeometry, field: str = "promp
         return _resolve_grand_challenge(document, geometry, field)
     if isinstance(document, dict) and document and all(str(key).strip().isdigit() for key in document):
         return _resolve_lesionlocator(document, geometry, field)
+    if isinstance(document, dict) and "tumor" in document and set(document) <= {"tumor", "background"}:
+        return _resolve_autopet_clicks(document, geometry, field)
 
-    raise InputError(field, "is not a recognised prompt document: expected {\"lesions\": [...]}, LesionLocator's {\"1\": {\"box\": [...]}} or a grand-challenge \"Multiple points\" object")
+    raise InputError(field, "is not a recognised prompt document: expected {\"lesions\": [...]}, LesionLocator's {\"1\": {\"box\": [...]}}, a grand-challenge \"Multiple points\" object or autoPET's {\"tumor\": [[x, y, z], ...]}")
 
 
 def _load_json(raw: bytes | str, field: str) -> Any:
@@ -190,10 +200,30 @@ def _resolve_grand_challenge(document: dict, geometry: ImageGeometry, field: str
             raise InputError(path, "must be an object with 'point': [x, y, z]")
         index = _point_index(tuple(_numbers(entry.get("point"), 3, f"{path}.point")), frame, geometry, f"{path}.point")
         name = str(entry.get("name", ""))
-        lesion_id = int(name) if name.isdigit() and 1 <= int(name) <= MAX_LESION_ID else position + 1
+        if name.strip().lower() == BACKGROUND_CLICK_NAME:
+            continue
+        # Lesions without a numeric name are numbered by their rank among the lesion clicks.
+        lesion_id = int(name) if name.isdigit() and 1 <= int(name) <= MAX_LESION_ID else len(resolved) + 1
         resolved.append(LesionPrompt(lesion_id=lesion_id, kind="point", point=index, source=f"point {frame} (grand-challenge '{name[:40]}')"))
 
+    if not resolved:
+        raise InputError(f"{field}.points", "contains only background clicks; name at least one point after its lesion")
     _check_unique_ids([prompt.lesion_id for prompt in resolved], f"{field}.points")
+    return resolved
+
+
+def _resolve_autopet_clicks(document: dict, geometry: ImageGeometry, field: str) -> list[LesionPrompt]:
+    clicks = document["tumor"]
+    if not isinstance(clicks, list) or not clicks:
+        raise InputError(f"{field}.tumor", "must be a non-empty list of [x, y, z] voxel indexes")
+    if len(clicks) > MAX_LESIONS:
+        raise InputError(f"{field}.tumor", f"has {len(clicks)} clicks; at most {MAX_LESIONS} are allowed per job")
+
+    resolved = []
+    for position, click in enumerate(clicks):
+        path = f"{field}.tumor[{position}]"
+        index = _point_index(tuple(_numbers(click, 3, path)), "voxel", geometry, path)
+        resolved.append(LesionPrompt(lesion_id=position + 1, kind="point", point=index, source="point voxel (autoPET tumour click)"))
     return resolved
 
 
