@@ -18,8 +18,7 @@ from lesions.geometry import ImageGeometry
 from lesions.prompt_types import LesionPrompt, prompt_to_dict
 from lesions.prompts import parse_prompts
 
-REQUEST_FILE = "prompts_request.json"
-RESOLVED_FILE = "prompts.json"
+REQUEST_SUFFIX = "_request.json"
 
 # A grid of 1 micrometre voxels from -1000 km to +1000 km on each axis. It
 # contains every world point of a real scan, and its voxels are small enough
@@ -33,24 +32,28 @@ _UNBOUNDED_GEOMETRY = ImageGeometry(
 )
 
 
-def store_unresolved_prompts(raw: bytes, inputs: Path, field: str = "prompts") -> int:
-    """Check ``raw`` as far as possible without the image, store it and return the lesion count."""
+def request_path(resolved: Path) -> Path:
+    """Return where the unresolved request for ``resolved`` is stored: ``prompts.json`` -> ``prompts_request.json``."""
+    return resolved.with_name(resolved.name.removesuffix(".json") + REQUEST_SUFFIX)
+
+
+def store_unresolved_prompts(raw: bytes, resolved: Path, field: str = "prompts") -> int:
+    """Check ``raw`` as far as possible without the image, store it beside ``resolved`` and return the lesion count."""
     prompts = parse_prompts(raw, _UNBOUNDED_GEOMETRY, field=field)
-    (inputs / REQUEST_FILE).write_bytes(raw)
+    request_path(resolved).write_bytes(raw)
     return len(prompts)
 
 
-def resolve_stored_prompts(inputs: Path, geometry: ImageGeometry, field: str = "prompts") -> None:
-    """Resolve the stored request against the loaded image and write the resolved file.
+def resolve_stored_prompts(resolved: Path, geometry: ImageGeometry, field: str = "prompts") -> None:
+    """Resolve the stored request against the loaded image and write ``resolved``.
 
-    Does nothing when the resolved file exists: the gateway wrote it for an
-    upload, or an earlier attempt of this job did.
+    Does nothing when ``resolved`` exists: the gateway wrote it for an upload,
+    or an earlier attempt of this job did.
     """
-    resolved = inputs / RESOLVED_FILE
     if resolved.exists():
         return
 
-    prompts: list[LesionPrompt] = parse_prompts((inputs / REQUEST_FILE).read_bytes(), geometry, field=field)
-    staged = inputs / f"{RESOLVED_FILE}.partial"
+    prompts: list[LesionPrompt] = parse_prompts(request_path(resolved).read_bytes(), geometry, field=field)
+    staged = resolved.with_name(f"{resolved.name}.partial")
     staged.write_text(json.dumps({"lesions": [prompt_to_dict(prompt) for prompt in prompts]}))
     staged.replace(resolved)

@@ -36,9 +36,13 @@ def check_one_image_source(form: FormData, upload_field: str, reference_field: s
         raise InputError(reference_field, f"give either '{upload_field}' (an upload) or '{reference_field}' (a DICOMweb reference), not both", code="conflicting_fields")
 
 
-def check_reference_options(reference: DicomwebReference | None, series_uid: str | None, series_field: str, store_seg: bool | None) -> None:
-    """Raise a 422 for options that only apply to one kind of image source."""
+def check_no_series_uid(reference: DicomwebReference | None, series_uid: str | None, series_field: str) -> None:
+    """Raise a 422 when a referenced image also gets an upload's series choice."""
     if reference is not None and series_uid is not None:
         raise InputError(series_field, "applies to uploads only; a DICOMweb reference names its series in series_uid inside the reference", code="conflicting_fields")
-    if reference is None and store_seg:
+
+
+def check_store_seg(store_seg: bool | None, has_reference: bool) -> None:
+    """Raise a 422 when store_seg is requested for a job without an image reference."""
+    if store_seg and not has_reference:
         raise InputError("store_seg", "needs an image reference: the SEG is stored to the DICOMweb server the image came from", code="conflicting_fields")

@@ -53,6 +53,11 @@ def store_artifact(context: JobContext, artifact: str, server_name: str, progres
     return stored
 
 
+def request_field(image_options: dict, upload_field: str, reference_field: str) -> str:
+    """Return the request field that errors about this image name: the upload's or the reference's."""
+    return reference_field if image_options["kind"] == REFERENCE_KIND else upload_field
+
+
 def configured_server(name: str) -> DicomwebServer:
     """Return the worker's configuration of server ``name``.
 

@@ -17,7 +17,6 @@ import SimpleITK as sitk
 
 from lesions.deferred_prompts import resolve_stored_prompts
 from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
-from lesions.dicomweb_reference import REFERENCE_KIND
 from lesions.geometry import ImageGeometry
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import write_label_map
@@ -29,7 +28,7 @@ from lesions.metrics_store import count_job_state, observe_stage
 from lesions.preview import render_preview
 from lesions.store import media_type_of
 from lesions.prompt_types import LesionPrompt, prompt_from_dict
-from worker.dicomweb_steps import retrieve_if_referenced, store_artifact
+from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_artifact
 from worker.engines.base import EngineOptions
 from worker.runtime import WorkerRuntime
 
@@ -89,9 +88,9 @@ def run_segmentation(context: JobContext) -> None:
     image_options = retrieve_if_referenced(context, inputs, options["image"], "image", 0.02)
 
     started = context.enter_stage("loading", 0.05)
-    loaded = load_image_input(inputs, image_options, _image_field(options["image"]))
+    loaded = load_image_input(inputs, image_options, request_field(options["image"], "image", "image_reference"))
     image = loaded.image
-    resolve_stored_prompts(inputs, ImageGeometry.of(image))
+    resolve_stored_prompts(inputs / "prompts.json", ImageGeometry.of(image))
     prompts = _read_prompts(inputs)
     context.stage_done("loading", started, size=list(image.GetSize()), spacing=[round(s, 3) for s in image.GetSpacing()], lesions=len(prompts))
 
@@ -167,11 +166,6 @@ def finish_failed(context: JobContext, code: str, message: str) -> None:
     if context.runtime.jobs.update(context.job_id, change) is not None:
         count_job_state(context.runtime.redis, context.runtime.jobs.prefix, "failed", context.record.engine)
     logger.info("job=%s state=failed code=%s seconds=%.2f", context.job_id, code, time.perf_counter() - context.started)
-
-
-def _image_field(image_options: dict) -> str:
-    """Return the request field that errors about the image name."""
-    return "image_reference" if image_options["kind"] == REFERENCE_KIND else "image"
 
 
 def _read_prompts(inputs) -> list[LesionPrompt]:

@@ -18,7 +18,7 @@ from lesions.prompts import PromptsIn, parse_prompts
 from service.auth import Tenant
 from service.dependencies import Context
 from service.engine_choice import choose_engine
-from service.image_references import REFERENCE_DESCRIPTION, STORE_SEG_DESCRIPTION, check_one_image_source, check_reference_options, read_image_reference
+from service.image_references import REFERENCE_DESCRIPTION, STORE_SEG_DESCRIPTION, check_no_series_uid, check_one_image_source, check_store_seg, read_image_reference
 from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
 from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_image_upload
@@ -77,7 +77,8 @@ async def create_segmentation(
     reference = await read_image_reference(form, "image_reference", context.settings)
     store_seg = parse_bool(optional_text(form, "store_seg"), "store_seg")
     check_one_image_source(form, "image", "image_reference", reference)
-    check_reference_options(reference, series_uid, "series_uid", store_seg)
+    check_no_series_uid(reference, series_uid, "series_uid")
+    check_store_seg(store_seg, has_reference=reference is not None)
     engine = choose_engine(context, optional_text(form, "engine"))
     tta = parse_bool(optional_text(form, "test_time_augmentation"), "test_time_augmentation")
 
@@ -87,7 +88,7 @@ async def create_segmentation(
         if reference is None:
             image = await _store_upload(form, inputs, prompts_raw, series_uid)
         else:
-            lesion_count = store_unresolved_prompts(prompts_raw, inputs)
+            lesion_count = store_unresolved_prompts(prompts_raw, inputs / "prompts.json")
             image = _StoredImage(options=reference.to_options(), warnings=[], lesion_count=lesion_count, size=None)
     except InputError:
         context.store.delete(job_id)

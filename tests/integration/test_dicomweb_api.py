@@ -48,11 +48,28 @@ def sarcoma():
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory, sarcoma):
+def followup_series(tmp_path_factory, sarcoma):
+    """A copy of the sarcoma series under new Series and SOP Instance UIDs, as a follow-up in the same study."""
+    folder = tmp_path_factory.mktemp("followup")
+    series_uid = pydicom.uid.generate_uid(prefix=None)
+    files = []
+    for path in sarcoma["files"]:
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID = series_uid
+        dataset.SOPInstanceUID = pydicom.uid.generate_uid(prefix=None)
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(folder / path.name)
+        files.append(folder / path.name)
+    return {"files": files, "series_uid": series_uid}
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, sarcoma, followup_series):
     require_orthanc()
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
         server.upload_instances(sarcoma["files"])
+        server.upload_instances(followup_series["files"])
         yield server
     finally:
         server.stop()
@@ -127,7 +144,7 @@ def test_reference_job_stores_seg_in_orthanc(pacs_client, pacs_stack, sarcoma, d
 
     found = dicomweb.search_for_series(sarcoma["study_uid"], search_filters={"Modality": "SEG"})
     series_uids = [item["0020000E"]["Value"][0] for item in found]
-    assert series_uids == [stored["series_instance_uid"]]
+    assert series_uids.count(stored["series_instance_uid"]) == 1
 
     [seg] = dicomweb.retrieve_series(sarcoma["study_uid"], stored["series_instance_uid"])
     assert seg.SOPInstanceUID == stored["sop_instance_uid"]
@@ -273,3 +290,66 @@ def test_unreachable_server_is_retried(pacs_client, pacs_stack, sarcoma):
     assert record.error is None
     assert f"job={job_id} transient error DicomwebError: DICOMweb server 'offline' could not be reached" in pacs_stack.log_tail("worker", lines=100000)
     assert pacs_client.delete(f"/v1/jobs/{job_id}").status_code == 204
+
+
+def submit_tracking(client, fields: list[tuple[str, str]], files: list | None = None):
+    parts = [(name, (None, value)) for name, value in fields] + (files or [])
+    return client.post("/v1/trackings", files=parts)
+
+
+def test_tracking_by_reference_stores_both_segs(pacs_client, sarcoma, followup_series, dicomweb):
+    fields = [
+        ("baseline_reference", reference(sarcoma=sarcoma)),
+        ("followup_references", reference(series_uid=followup_series["series_uid"], sarcoma=sarcoma)),
+        ("prompts", sarcoma["prompts"]),
+        ("store_seg", "true"),
+    ]
+
+    response = submit_tracking(pacs_client, fields)
+    assert response.status_code == 202, response.text
+    job = wait_for_job(pacs_client, response.json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+
+    stored = {item["artifact"]: item for item in job["dicomweb_stored"]}
+    assert sorted(stored) == ["seg_t0.dcm", "seg_t1.dcm"]
+    correspondence = pacs_client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.json").json()
+    [followup] = correspondence["followups"]
+    assert [(row["lesion_id"], row["status"]) for row in followup["lesions"]] == [(1, "tracked")]
+
+    expected_sources = {"seg_t0.dcm": sarcoma["series_uid"], "seg_t1.dcm": followup_series["series_uid"]}
+    for artifact, source_series in expected_sources.items():
+        [seg] = dicomweb.retrieve_series(sarcoma["study_uid"], stored[artifact]["series_instance_uid"])
+        assert seg.Modality == "SEG"
+        assert seg.SOPInstanceUID == stored[artifact]["sop_instance_uid"]
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
+
+
+def test_tracking_mask_with_referenced_baseline(pacs_client, sarcoma):
+    mask = require_shared("data", "ibsi_sts_019") / "ct_mask.nii.gz"
+    fields = [("baseline_reference", reference(sarcoma=sarcoma)), ("followup_references", reference(sarcoma=sarcoma))]
+
+    response = submit_tracking(pacs_client, fields, files=[("baseline_mask", ("mask.nii.gz", mask.read_bytes()))])
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "baseline_mask"
+
+
+def test_tracking_followup_uploads_and_references(pacs_client, sarcoma):
+    fields = [("baseline_reference", reference(sarcoma=sarcoma)), ("followup_references", reference(sarcoma=sarcoma)), ("prompts", sarcoma["prompts"])]
+    files = [("followups", (sarcoma["files"][0].name, sarcoma["files"][0].read_bytes()))]
+
+    response = submit_tracking(pacs_client, fields, files=files)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "conflicting_fields"
+    assert response.json()["error"]["field"] == "followup_references"
+
+
+def test_tracking_followup_reference_unknown_server(pacs_client, sarcoma):
+    fields = [("baseline_reference", reference(sarcoma=sarcoma)), ("followup_references", reference(server="elsewhere", sarcoma=sarcoma)), ("prompts", sarcoma["prompts"])]
+
+    response = submit_tracking(pacs_client, fields)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "unknown_dicomweb_server"
+    assert response.json()["error"]["field"] == "followup_references[0].dicomweb.server"

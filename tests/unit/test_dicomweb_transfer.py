@@ -1,7 +1,7 @@
 """How the worker's DICOMweb requests turn HTTP failures into job error codes.
 
-A small HTTP server on loopback plays the PACS and answers every request with
-one status; the real Orthanc is exercised in the integration tests.
+A small HTTP server on loopback plays the PACS and responds to every request
+with one status. The integration tests use a real Orthanc.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ REFERENCE = DicomwebReference("pacs", STUDY, SERIES)
 
 @pytest.fixture
 def fake_pacs():
-    """Start a loopback server that answers each GET with ``state['status']`` and records the headers."""
+    """Start a loopback server that responds to each GET with ``state['status']`` and records the headers."""
     state = {"status": 503, "headers": []}
 
     class Handler(BaseHTTPRequestHandler):
