@@ -3,7 +3,9 @@ series with WADO-RS, and the SEG it stores with STOW-RS is found in Orthanc
 with QIDO-RS, referencing the source series.
 
 The module starts its own Orthanc and its own stack, because the gateway and
-the worker read the configured DICOMweb servers from their environment.
+the worker read the configured DICOMweb servers from their environment. The
+last tests call the worker's transfer functions directly against the same
+Orthanc, for cases that a job cannot reach cheaply.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import SimpleITK as sitk
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 
+from lesions.dicomweb_reference import DicomwebReference
+from lesions.dicomweb_servers import DicomwebServer
 from lesions.jobs import JobRepository
 from ops.cases import box_prompts_from_mask
 from ops.stack import free_port
 from tests.conftest import require_shared
 from tests.integration.conftest import start_test_stack, wait_for_job
 from tests.orthanc_server import require_orthanc, start_orthanc
+from worker.dicomweb_transfer import DicomwebError, retrieve_series, store_instance
 
 pytestmark = pytest.mark.integration
 
@@ -353,3 +358,40 @@ def test_tracking_followup_reference_unknown_server(pacs_client, sarcoma):
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "unknown_dicomweb_server"
     assert response.json()["error"]["field"] == "followup_references[0].dicomweb.server"
+
+
+def orthanc_server_config(orthanc, password=None) -> DicomwebServer:
+    username, real_password = orthanc.auth
+    return DicomwebServer(url=orthanc.dicomweb_url, username=username, password=password or real_password)
+
+
+def test_retrieval_over_size_limit(orthanc, sarcoma, tmp_path):
+    series = DicomwebReference(SERVER, sarcoma["study_uid"], sarcoma["series_uid"])
+
+    with pytest.raises(DicomwebError) as caught:
+        retrieve_series(series, orthanc_server_config(orthanc), tmp_path, "image", max_bytes=200_000)
+
+    assert caught.value.code == "dicomweb_series_too_large"
+    assert caught.value.transient is False
+    assert not (tmp_path / "image_dicom_files.json").exists()
+
+
+def test_retrieval_reused_on_retry(orthanc, sarcoma, tmp_path):
+    series = DicomwebReference(SERVER, sarcoma["study_uid"], sarcoma["series_uid"])
+
+    first = retrieve_series(series, orthanc_server_config(orthanc), tmp_path, "image", max_bytes=10**9)
+    again = retrieve_series(series, orthanc_server_config(orthanc, password="not-the-password"), tmp_path, "image", max_bytes=10**9)
+
+    assert first.instances == len(sarcoma["files"])
+    assert first.reused is False
+    assert again.reused is True
+    assert again.bytes == first.bytes
+    assert again.options == first.options == {"kind": "dicom", "file_list": "image_dicom_files.json", "series_uid": sarcoma["series_uid"]}
+
+
+def test_store_with_wrong_password(orthanc, sarcoma):
+    with pytest.raises(DicomwebError) as caught:
+        store_instance(sarcoma["files"][0], SERVER, orthanc_server_config(orthanc, password="not-the-password"))
+
+    assert caught.value.code == "dicomweb_auth_failed"
+    assert "storing the SEG" in caught.value.message
