@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from lesions.dicom_series import DicomVolume
 
@@ -69,6 +70,7 @@ def write_dicom_seg(
     algorithm_name: str = "TumorTrack",
     algorithm_version: str | None = None,
     algorithm_type: str = "SEMIAUTOMATIC",
+    uids: tuple[str, str] | None = None,
 ) -> WrittenSeg:
     """Write ``labels`` ([z, y, x] on ``volume.image``) as a DICOM SEG at ``path``.
 
@@ -103,7 +105,7 @@ def write_dicom_seg(
     ]
 
     layout = _frame_layout(volume, segment_map)
-    series_uid, sop_uid = hd.UID(), hd.UID()
+    series_uid, sop_uid = uids or (hd.UID(), hd.UID())
     # highdicom and pydicom warn about odd values copied from the source
     # headers, and some of those warnings quote the patient name. Record them
     # and log only their number.
@@ -150,6 +152,17 @@ def write_dicom_seg(
         empty_lesions=empty_lesions,
         frame_references=frame_references,
     )
+
+
+def derived_seg_uids(job_id: str, artifact: str) -> tuple[str, str]:
+    """Return Series and SOP Instance UIDs derived from a job id, the same on every attempt.
+
+    A retried job then writes, and stores to a PACS, the same instance again
+    instead of a second copy with new UIDs.
+    """
+    series = generate_uid(prefix=None, entropy_srcs=[job_id, artifact, "series"])
+    instance = generate_uid(prefix=None, entropy_srcs=[job_id, artifact, "instance"])
+    return str(series), str(instance)
 
 
 def _check_arguments(labels: np.ndarray, volume: DicomVolume, lesion_ids: list[int]) -> None:

@@ -28,7 +28,7 @@ class CheckedImage:
     """Result of the gateway's check of an upload: image options, geometry and warnings."""
 
     options: dict
-    geometry: ImageGeometry
+    geometry: ImageGeometry | None  # None for an image by DICOMweb reference, which only a worker retrieves
     warnings: list[str] = field(default_factory=list)
 
 

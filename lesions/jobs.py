@@ -43,6 +43,16 @@ class ArtifactInfo(BaseModel):
     size: int = Field(description="Size in bytes.")
 
 
+class StoredDicom(BaseModel):
+    """An artifact stored to a DICOMweb server with STOW-RS, and the UIDs it has there."""
+
+    artifact: str = Field(description="Artifact name, e.g. 'seg.dcm'.")
+    server: str = Field(description="Name of the configured DICOMweb server.")
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
 class JobRecord(BaseModel):
     id: str
     kind: str = Field(description="'segmentation' or 'tracking'.")
@@ -62,6 +72,7 @@ class JobRecord(BaseModel):
     tenant: str = Field("default", description="Owner of the job; other tenants get 404.")
     worker: str | None = Field(None, description="Host and process of the worker that ran the latest attempt.")
     expired_at: datetime | None = Field(None, description="When the uploads and artifacts were purged after the retention time.")
+    dicomweb_stored: list[StoredDicom] = Field(default_factory=list, description="Artifacts stored back to a DICOMweb server (store_seg).")
 
 
 def new_job_id() -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lesions.dicomweb_servers import DicomwebServer, check_server_names
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TUMORTRACK_", extra="ignore")
+    # Errors never quote values, because some settings hold API keys and passwords.
+    model_config = SettingsConfigDict(env_prefix="TUMORTRACK_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and job records.")
     store_dir: Path = Field(Path("var/store"), description="Shared folder for uploads and artifacts.")
@@ -35,6 +38,14 @@ class Settings(BaseSettings):
     job_retention_s: int = Field(30 * 24 * 3600, description="How long job records are kept in Redis, in seconds; keep it above artifact_retention_s so a record can say its files expired.")
     purge_interval_s: float = Field(300.0, description="How often each worker looks for expired job files, in seconds.")
     worker_heartbeat_s: float = Field(5.0, description="How often a worker publishes that it is alive, in seconds.")
+
+    # DICOMweb: jobs name one of these servers; clients never send a URL.
+    dicomweb_servers: dict[str, DicomwebServer] = Field(default_factory=dict, description="JSON object: server name -> {url, username and password or token, timeout_s}.")
+
+    @field_validator("dicomweb_servers")
+    @classmethod
+    def _check_dicomweb_server_names(cls, servers: dict[str, DicomwebServer]) -> dict[str, DicomwebServer]:
+        return check_server_names(servers)
 
     @property
     def soft_time_limit_s(self) -> int:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from lesions.jobs import JobError, JobRecord, JobState
+from lesions.jobs import JobError, JobRecord, JobState, StoredDicom
 
 
 class ErrorBody(BaseModel):
@@ -51,13 +51,14 @@ class JobOut(BaseModel):
     error: JobError | None
     warnings: list[str]
     artifacts: list[ArtifactOut]
+    dicomweb_stored: list[StoredDicom] = Field(default_factory=list, description="Artifacts the worker stored to the job's DICOMweb server (store_seg), with their UIDs there.")
     links: JobLinks
 
     @classmethod
     def from_record(cls, record: JobRecord) -> "JobOut":
         base = f"/v1/jobs/{record.id}"
         return cls(
-            **record.model_dump(include={"id", "kind", "state", "stage", "progress", "engine", "created_at", "updated_at", "started_at", "finished_at", "expired_at", "error", "warnings"}),
+            **record.model_dump(include={"id", "kind", "state", "stage", "progress", "engine", "created_at", "updated_at", "started_at", "finished_at", "expired_at", "error", "warnings", "dicomweb_stored"}),
             artifacts=[ArtifactOut(**artifact.model_dump(), url=f"{base}/artifacts/{artifact.name}") for artifact in record.artifacts],
             links=JobLinks(self=base),
         )

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from lesions.dicom_seg import write_dicom_seg
+from lesions.deferred_prompts import resolve_stored_prompts
+from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
+from lesions.geometry import ImageGeometry
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import write_label_map
 from lesions.jobs import ArtifactInfo, JobError, JobRecord, JobState, utcnow
@@ -26,6 +28,7 @@ from lesions.metrics_store import count_job_state, observe_stage
 from lesions.preview import render_preview
 from lesions.store import media_type_of
 from lesions.prompt_types import LesionPrompt, prompt_from_dict
+from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_artifact
 from worker.engines.base import EngineOptions
 from worker.runtime import WorkerRuntime
 
@@ -82,9 +85,12 @@ def run_segmentation(context: JobContext) -> None:
     inputs = runtime.store.inputs_dir(job_id)
     options = context.record.options
 
+    image_options = retrieve_if_referenced(context, inputs, options["image"], "image", 0.02)
+
     started = context.enter_stage("loading", 0.05)
-    loaded = load_image_input(inputs, options["image"], "image")
+    loaded = load_image_input(inputs, image_options, request_field(options["image"], "image", "image_reference"))
     image = loaded.image
+    resolve_stored_prompts(inputs / "prompts.json", ImageGeometry.of(image))
     prompts = _read_prompts(inputs)
     context.stage_done("loading", started, size=list(image.GetSize()), spacing=[round(s, 3) for s in image.GetSpacing()], lesions=len(prompts))
 
@@ -103,6 +109,9 @@ def run_segmentation(context: JobContext) -> None:
     artifacts = export_segmentation(context, loaded, labels, measurements, engine_seconds)
     context.stage_done("exporting", started, artifacts=len(artifacts), bytes=sum(a.size for a in artifacts))
 
+    if options.get("store_seg"):
+        store_artifact(context, "seg.dcm", options["image"]["server"], 0.95)
+
     finish_succeeded(context, artifacts, overlap_warnings)
 
 
@@ -119,7 +128,7 @@ def export_segmentation(context: JobContext, loaded: LoadedImage, labels: np.nda
 
     if loaded.dicom is not None:
         with store.staged_artifact(job_id, "seg.dcm") as path:
-            write_dicom_seg(labels, loaded.dicom, [m.lesion_id for m in measurements], path)
+            write_dicom_seg(labels, loaded.dicom, [m.lesion_id for m in measurements], path, uids=derived_seg_uids(job_id, "seg.dcm"))
 
     return describe_artifacts(context)
 

@@ -16,6 +16,7 @@ from lesions.errors import EngineUnavailable, InputError
 from lesions.jobs import FINAL_STATES, JobRecord, JobState, utcnow
 from lesions.metrics_store import count_job_state
 from worker.celery_app import app
+from worker.dicomweb_transfer import DicomwebError
 from worker.runtime import get_runtime
 from worker.segmentation_job import JobCancelled, JobContext, finish_failed, run_segmentation
 from worker.tracking_job import run_tracking
@@ -41,6 +42,8 @@ def _stop_process(**_):
 
 def is_transient(error: BaseException) -> bool:
     """Return whether ``error`` may go away on its own, so the job is worth retrying."""
+    if isinstance(error, DicomwebError):
+        return error.transient
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)):
         return True
     return isinstance(error, OSError) and error.errno in TRANSIENT_OS_ERRORS
@@ -91,6 +94,9 @@ def _run_job(task, job_id: str, body) -> None:
             logger.warning("job=%s transient error %s: %s; retry %d in %d s", job_id, type(error).__name__, error, task.request.retries + 1, delay)
             retrying = True
             raise task.retry(countdown=delay, max_retries=MAX_TRANSIENT_RETRIES) from error
+        if isinstance(error, DicomwebError):
+            finish_failed(context, error.code, error.message)
+            return
         logger.error("job=%s internal error\n%s", job_id, traceback.format_exc())
         finish_failed(context, "internal_error", INTERNAL_ERROR_MESSAGE)
     finally:

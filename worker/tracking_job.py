@@ -19,8 +19,11 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from lesions.dicom_seg import write_dicom_seg
+from lesions.deferred_prompts import resolve_stored_prompts
+from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
+from lesions.dicomweb_reference import REFERENCE_KIND
 from lesions.errors import InputError
+from lesions.geometry import ImageGeometry
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import read_label_volume, write_label_map
 from lesions.label_map import compose_instances
@@ -29,6 +32,7 @@ from lesions.measurements import LesionMeasurement, measure_lesions
 from lesions.preview import render_preview
 from lesions.prompt_types import prompt_from_dict
 from lesions.tracking_report import build_correspondence, correspondence_to_csv, stitch_previews
+from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_artifact
 from worker.engines.base import Engine, EngineOptions
 from worker.segmentation_job import JobContext, describe_artifacts, finish_succeeded
 from worker.tracking.classical_tracker import LesionTrack, track_lesions
@@ -51,9 +55,18 @@ def run_tracking(context: JobContext) -> None:
     engine = runtime.engines.get(context.record.engine)
     engine_options = EngineOptions(test_time_augmentation=options.get("test_time_augmentation"))
 
+    baseline_options = retrieve_if_referenced(context, inputs, options["baseline"], "baseline", 0.01)
+    followup_options = []
+    for position, entry in enumerate(options["followups"]):
+        followup_options.append(retrieve_if_referenced(context, inputs, entry["image"], f"followup_{position + 1}", 0.01))
+
     started = context.enter_stage("loading", 0.02)
-    baseline = load_image_input(inputs, options["baseline"], "baseline")
-    followups = [load_image_input(inputs, entry["image"], f"followups[{position}]") for position, entry in enumerate(options["followups"])]
+    baseline = load_image_input(inputs, baseline_options, request_field(options["baseline"], "baseline", "baseline_reference"))
+    followups = []
+    for position, (entry, image_options) in enumerate(zip(options["followups"], followup_options)):
+        field = request_field(entry["image"], f"followups[{position}]", f"followup_references[{position}]")
+        followups.append(load_image_input(inputs, image_options, field))
+    _resolve_prompts(inputs, options, baseline, followups)
     context.stage_done("loading", started, baseline_size=list(baseline.image.GetSize()), followups=len(followups))
 
     started = context.enter_stage("segmenting", 0.05)
@@ -80,8 +93,22 @@ def run_tracking(context: JobContext) -> None:
     artifacts = describe_artifacts(context)
     context.stage_done("exporting", started, artifacts=len(artifacts))
 
+    if options.get("store_seg"):
+        for index, image_options in enumerate([options["baseline"], *(entry["image"] for entry in options["followups"])]):
+            if image_options["kind"] == REFERENCE_KIND:
+                store_artifact(context, f"seg_t{index}.dcm", image_options["server"], 0.95)
+
     warnings = [f"follow-up {i}: {w}" for i, t in enumerate(timepoints[1:], start=1) for w in t.loaded.warnings]
     finish_succeeded(context, artifacts, warnings)
+
+
+def _resolve_prompts(inputs, options: dict, baseline: LoadedImage, followups: list[LoadedImage]) -> None:
+    """Resolve prompts that the gateway stored unresolved, because their image was a DICOMweb reference."""
+    if options["prompts_file"]:
+        resolve_stored_prompts(inputs / options["prompts_file"], ImageGeometry.of(baseline.image), "prompts")
+    for position, (entry, followup) in enumerate(zip(options["followups"], followups)):
+        if entry["prompts_file"]:
+            resolve_stored_prompts(inputs / entry["prompts_file"], ImageGeometry.of(followup.image), f"followup_prompts[{position}]")
 
 
 def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_options: EngineOptions) -> tuple[np.ndarray, dict[int, str]]:
@@ -148,7 +175,7 @@ def export_tracking(context: JobContext, timepoints: list[TimePoint], sources: d
         previews.append(preview)
         if timepoint.loaded.dicom is not None:
             with store.staged_artifact(job_id, f"seg_t{index}.dcm") as path:
-                write_dicom_seg(timepoint.labels, timepoint.loaded.dicom, sorted(sources), path)
+                write_dicom_seg(timepoint.labels, timepoint.loaded.dicom, sorted(sources), path, uids=derived_seg_uids(job_id, f"seg_t{index}.dcm"))
 
     correspondence = build_correspondence(
         [t.measurements for t in timepoints],

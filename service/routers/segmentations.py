@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
+from lesions.deferred_prompts import store_unresolved_prompts
 from lesions.errors import InputError
 from lesions.jobs import JobRecord, new_job_id, utcnow
 from lesions.prompt_types import prompt_to_dict
@@ -16,6 +18,7 @@ from lesions.prompts import PromptsIn, parse_prompts
 from service.auth import Tenant
 from service.dependencies import Context
 from service.engine_choice import choose_engine
+from service.image_references import REFERENCE_DESCRIPTION, STORE_SEG_DESCRIPTION, check_no_series_uid, check_one_image_source, check_store_seg, read_image_reference
 from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
 from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_image_upload
@@ -29,9 +32,11 @@ REQUEST_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["image", "prompts"],
+                "required": ["prompts"],
                 "properties": {
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "description": "One CT volume (.nii, .nii.gz, .nrrd, .mha), or a DICOM series: a .zip, or its .dcm files as several parts named 'image'."},
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "One CT volume (.nii, .nii.gz, .nrrd, .mha), or a DICOM series: a .zip, or its .dcm files as several parts named 'image'. Give this or image_reference."},
+                    "image_reference": {"type": "string", "description": REFERENCE_DESCRIPTION, "example": json.dumps({"dicomweb": {"server": "pacs", "study_uid": "1.2.826.0.1.3680043.8.498.1", "series_uid": "1.2.826.0.1.3680043.8.498.2"}})},
+                    "store_seg": {"type": "boolean", "description": STORE_SEG_DESCRIPTION},
                     "series_uid": {"type": "string", "description": "Series Instance UID to use when the DICOM upload holds several series."},
                     "prompts": {
                         "type": "string",
@@ -62,22 +67,29 @@ async def create_segmentation(
     tenant: Tenant,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key returns the first job.")] = None,
 ) -> JSONResponse:
-    """Segment every prompted lesion of one CT volume."""
+    """Segment every prompted lesion of one CT volume, uploaded or on a DICOMweb server."""
     if (replay := admit_or_replay(context, tenant, idempotency_key)) is not None:
         return replay
 
     form = await read_form(request)
     prompts_raw = await read_json_part(form, "prompts")
     series_uid = optional_text(form, "series_uid")
+    reference = await read_image_reference(form, "image_reference", context.settings)
+    store_seg = parse_bool(optional_text(form, "store_seg"), "store_seg")
+    check_one_image_source(form, "image", "image_reference", reference)
+    check_no_series_uid(reference, series_uid, "series_uid")
+    check_store_seg(store_seg, has_reference=reference is not None)
     engine = choose_engine(context, optional_text(form, "engine"))
     tta = parse_bool(optional_text(form, "test_time_augmentation"), "test_time_augmentation")
 
     job_id = new_job_id()
     inputs = context.store.create(job_id)
     try:
-        checked = await save_image_upload(form, "image", inputs, "image", series_uid)
-        prompts = parse_prompts(prompts_raw, checked.geometry)
-        (inputs / "prompts.json").write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))
+        if reference is None:
+            image = await _store_upload(form, inputs, prompts_raw, series_uid)
+        else:
+            lesion_count = store_unresolved_prompts(prompts_raw, inputs / "prompts.json")
+            image = _StoredImage(options=reference.to_options(), warnings=[], lesion_count=lesion_count, size=None)
     except InputError:
         context.store.delete(job_id)
         raise
@@ -90,9 +102,27 @@ async def create_segmentation(
         tenant=tenant,
         created_at=now,
         updated_at=now,
-        warnings=checked.warnings,
-        options={"image": checked.options, "test_time_augmentation": tta, "lesion_count": len(prompts)},
+        warnings=image.warnings,
+        options={"image": image.options, "test_time_augmentation": tta, "lesion_count": image.lesion_count, "store_seg": bool(store_seg)},
     )
     response = enqueue(context, record, "tumortrack.segment", idempotency_key)
-    logger.info("job=%s state=queued kind=segmentation engine=%s lesions=%d image_kind=%s image_size=%s", job_id, engine, len(prompts), checked.options["kind"], list(checked.geometry.size))
+    logger.info("job=%s state=queued kind=segmentation engine=%s lesions=%d image_kind=%s image_size=%s", job_id, engine, image.lesion_count, image.options["kind"], image.size)
     return response
+
+
+@dataclass
+class _StoredImage:
+    """The image part of a request after the gateway's checks; ``size`` is None until a worker retrieves a referenced image."""
+
+    options: dict
+    warnings: list[str]
+    lesion_count: int
+    size: list[int] | None
+
+
+async def _store_upload(form, inputs, prompts_raw: bytes, series_uid: str | None) -> _StoredImage:
+    """Store and check the uploaded image, and resolve the prompts against it."""
+    checked = await save_image_upload(form, "image", inputs, "image", series_uid)
+    prompts = parse_prompts(prompts_raw, checked.geometry)
+    (inputs / "prompts.json").write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))
+    return _StoredImage(options=checked.options, warnings=checked.warnings, lesion_count=len(prompts), size=list(checked.geometry.size))

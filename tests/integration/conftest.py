@@ -15,23 +15,28 @@ import uuid
 import httpx
 import pytest
 
-from ops.stack import REPO_ROOT, start_stack
+from ops.stack import REPO_ROOT, Stack, start_stack
 
 # Log files written after this moment belong to this test session.
 SESSION_STARTED = time.time() - 1
 
 
+def start_test_stack(tmp_path_factory, name: str = "stack", extra_env: dict | None = None) -> Stack:
+    """Start a stack under a key prefix and queue of its own, logging to var/test-logs."""
+    run_id = uuid.uuid4().hex[:8]
+    env = {"TUMORTRACK_KEY_PREFIX": f"tumortrack-test-{run_id}", "TUMORTRACK_QUEUE": f"tumortrack-test-{run_id}", "TUMORTRACK_WORKER_HEARTBEAT_S": "1", **(extra_env or {})}
+    root = tmp_path_factory.mktemp(name)
+    return start_stack(
+        store_dir=root / "store",
+        log_dir=REPO_ROOT / "var" / "test-logs" / (run_id if name == "stack" else f"{name}-{run_id}"),
+        redis_url=os.environ.get("TUMORTRACK_TEST_REDIS_URL"),
+        extra_env=env,
+    )
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    run_id = uuid.uuid4().hex[:8]
-    extra_env = {"TUMORTRACK_KEY_PREFIX": f"tumortrack-test-{run_id}", "TUMORTRACK_QUEUE": f"tumortrack-test-{run_id}", "TUMORTRACK_WORKER_HEARTBEAT_S": "1"}
-    root = tmp_path_factory.mktemp("stack")
-    started = start_stack(
-        store_dir=root / "store",
-        log_dir=REPO_ROOT / "var" / "test-logs" / run_id,
-        redis_url=os.environ.get("TUMORTRACK_TEST_REDIS_URL"),
-        extra_env=extra_env,
-    )
+    started = start_test_stack(tmp_path_factory)
     yield started
     started.stop()
 

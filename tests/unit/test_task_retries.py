@@ -3,6 +3,7 @@ import errno
 import pytest
 import redis
 
+from worker.dicomweb_transfer import DicomwebError
 from worker.tasks import MAX_TRANSIENT_RETRIES, is_transient, retry_delay_s
 
 
@@ -17,6 +18,8 @@ from worker.tasks import MAX_TRANSIENT_RETRIES, is_transient, retry_delay_s
         (PermissionError(errno.EACCES, "permission denied"), False),
         (ValueError("bad value"), False),
         (RuntimeError("ITK could not read"), False),
+        (DicomwebError("dicomweb_unreachable", "server 'pacs' could not be reached", transient=True), True),
+        (DicomwebError("dicomweb_series_not_found", "series not found"), False),
     ],
 )
 def test_transient_errors_classified(error, transient):
