@@ -27,7 +27,7 @@ class RetryPolicy:
     retried at most ``max_retries`` times.
     """
 
-    max_retries: int = 8
+    max_retries: int = 6
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
     max_retry_after_s: float = 600.0
