@@ -2,9 +2,9 @@
 
 Each case goes pending -> submitted -> done, and the state file records every
 step before the next starts (see batch_state). Worker threads each carry one
-case from submission to download; the service's queue limits are met by
-retrying 429 as the client does, so ``concurrency`` only bounds how many
-uploads and polls run at once.
+case from submission to download. The client retries 429 until the service's
+queue has room, so ``concurrency`` only bounds how many uploads and polls run
+at once.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from tumortrack_client.summary import summarize_artifacts, summary_rows, write_s
 
 logger = logging.getLogger("tumortrack_client.batch")
 
-# Statuses with which the service rejects the case's own input; anything else
-# (401 for a wrong key, 404, 5xx) is not the case's fault and is left for a rerun.
+# Statuses with which the service rejects the case's own input. Any other
+# error (401 for a wrong key, 404, 5xx) is not the case's fault, so the case
+# stays unfinished for a rerun.
 CASE_REJECTED_STATUSES = frozenset({400, 413, 415, 422})
 # A job that vanished (deleted, expired) is submitted again at most this many times per run.
 MAX_RESUBMISSIONS = 1
@@ -35,7 +36,7 @@ MAX_RESUBMISSIONS = 1
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What a run ended with: one record per manifest case, in manifest order, and the summary's path."""
+    """Result of a run: one record per manifest case, in manifest order, and the summary table and its path."""
 
     records: list[CaseRecord]
     summary_path: Path
@@ -61,12 +62,18 @@ def run_batch(client: TumorTrackClient, manifest: Manifest, out_dir: Path, *, co
     progress = BatchProgress(total=len(manifest.cases), already_done=len(manifest.cases) - len(todo), bar=progress_bar)
     logger.info("batch %s: %d cases, %d to run, concurrency %d", state.batch_id, len(manifest.cases), len(todo), concurrency)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="case")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="case") as pool:
-            futures = [pool.submit(_run_case, client, state, case, out_dir, wait_timeout_s, progress) for case in todo]
-            for future in as_completed(futures):
-                record = future.result()
-                progress.case_stopped(record, finished=record.status == DONE)
+        futures = [pool.submit(_run_case, client, state, case, out_dir, wait_timeout_s, progress) for case in todo]
+        for future in as_completed(futures):
+            record = future.result()
+            progress.case_stopped(record, finished=record.status == DONE)
+    except KeyboardInterrupt:
+        # Cases not started are dropped; the running ones cannot be stopped from here, so the caller exits the process.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown()
     finally:
         progress.close()
 
@@ -76,7 +83,7 @@ def run_batch(client: TumorTrackClient, manifest: Manifest, out_dir: Path, *, co
 
 
 def _run_case(client: TumorTrackClient, state: BatchState, case: Case, out_dir: Path, wait_timeout_s: float | None, progress: BatchProgress) -> CaseRecord:
-    """Carry one case as far as it goes; errors end up in its record, never raised."""
+    """Carry one case as far as it goes and return its record; errors are stored in the record instead of raised."""
     try:
         return _advance(client, state, case, out_dir, wait_timeout_s, progress)
     except (InputFileError, ApiError) as error:
@@ -111,7 +118,12 @@ def _advance(client: TumorTrackClient, state: BatchState, case: Case, out_dir: P
 
     if job.state != "succeeded":
         return state.update(case.case_id, status=DONE, state=job.state, error=_job_error(job))
-    _download(client, job, out_dir, case.case_id)
+    try:
+        _download(client, job, out_dir, case.case_id)
+    except ApiError as error:
+        if error.status != 410:
+            raise
+        return state.update(case.case_id, status=DONE, state="expired", error=f"{error}; run again with --retry-failed to submit the case anew")
     summary = summarize_artifacts(case_folder(out_dir, case.case_id), case.kind)
     return state.update(case.case_id, status=DONE, state=job.state, error=None, summary=summary)
 

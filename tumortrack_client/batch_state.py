@@ -6,12 +6,12 @@ state, never a torn one. A rerun reads it to skip finished cases and to keep
 waiting for submitted ones instead of submitting them again.
 
 A kill between the service accepting a job and the state file recording its
-id is covered by the Idempotency-Key: each case sends the same key on every
-run (derived from the batch id, the case id, its row's fingerprint and its
-attempt number), so the service answers the resubmission with the job it
-already created.
+id is covered by the Idempotency-Key. Each case sends the same key on every
+run, derived from the batch id, the case id, its row's fingerprint and its
+attempt number. So the service returns the job it already created for the
+resubmission.
 
-Rewriting the whole file costs O(cases) per change, about 1 kB per case;
+Rewriting the whole file costs O(cases) per change, about 450 bytes per case;
 batches of thousands of cases are fine, millions are not.
 """
 
@@ -48,10 +48,11 @@ class CaseRecord:
 
     ``status`` is pending (nothing submitted in this attempt), submitted (the
     service has a job, maybe unfinished) or done (finished and, when it
-    succeeded, downloaded). ``state`` is the job's last seen state, or
-    ``rejected`` when the service refused the submission. ``attempt`` grows
-    when a case is submitted anew (row edited, --retry-failed, job deleted),
-    which changes its Idempotency-Key.
+    succeeded, downloaded). ``state`` is the job's last seen state,
+    ``rejected`` when the service rejected the submission, or ``expired``
+    when the job succeeded but its artifacts were deleted before they were
+    downloaded. ``attempt`` grows when a case is submitted anew (row edited,
+    --retry-failed, job deleted), which changes its Idempotency-Key.
     """
 
     case_id: str

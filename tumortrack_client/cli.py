@@ -1,16 +1,20 @@
 """The ``tumortrack`` command: segment one CT, track lesions over follow-ups, or run a batch from a CSV manifest.
 
-Exit codes: 0 everything succeeded; 1 a job (or a batch case) failed, was
-cancelled or was rejected; 2 invalid command line, manifest, state file or
-local input; 3 the service rejected the request; 4 the service could not be
-reached or kept refusing (a batch then has unfinished cases: run it again to
-resume); 130 interrupted.
+Exit codes:
+  0    everything succeeded
+  1    a job (or a batch case) failed, was cancelled or was rejected
+  2    invalid command line, manifest, state file or local input
+  3    the service rejected the request
+  4    the service was unreachable or kept returning 429/503; a batch then
+       has unfinished cases, and running it again resumes them
+  130  interrupted
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         _fail("interrupted; a batch resumes where it stopped when run again with the same --out")
-        return EXIT_INTERRUPTED
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A batch's case threads may still be uploading or polling, and Python would wait for them
+        # at exit. Leaving at once is safe because the state file is only ever replaced whole.
+        # NOTE: a temporary zip of a DICOM folder that a thread was uploading stays in the temp folder.
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--prompts", type=Path, required=True, metavar="P.json", help="prompt JSON (TumorTrack, LesionLocator or grand-challenge points)")
     segment.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the artifacts (created when missing)")
     segment.add_argument("--engine", help="engine name, e.g. classical or lesionlocator (default: the service's)")
-    segment.add_argument("--series-uid", help="Series Instance UID when the DICOM upload holds several series")
+    segment.add_argument("--series-uid", help="Series Instance UID to use when the DICOM upload contains several series")
     segment.set_defaults(run=_segment)
 
     track = commands.add_parser("track", parents=[common], help="track lesions from a baseline through follow-ups", description="Upload a baseline, follow-ups in time order and the baseline's mask or prompts; wait; download the artifacts into --out.")
@@ -84,12 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--followup-prompts", nargs="+", metavar="P.json", help=f"prompt JSON per follow-up marking lesions to look for there, one per follow-up, '{NO_FOLLOWUP_PROMPTS}' for none")
     track.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the artifacts (created when missing)")
     track.add_argument("--engine", help="engine name (default: the service's)")
-    track.add_argument("--series-uid", help="Series Instance UID of the baseline when its DICOM upload holds several series")
+    track.add_argument("--series-uid", help="Series Instance UID of the baseline when its DICOM upload contains several series")
     track.set_defaults(run=_track)
 
     batch = commands.add_parser("batch", parents=[common], help="run every case of a CSV manifest", description="Submit every case of MANIFEST, several at a time, download each case's artifacts into DIR/<case_id>/ and write DIR/summary.csv. Run it again with the same --out to resume: finished cases are skipped and submitted ones are not submitted twice. Manifest columns: case_id, kind (segment or track), image, followups (';'-separated), prompts, mask, followup_prompts (';'-separated), engine, series_uid; paths relative to the manifest.")
     batch.add_argument("manifest", type=Path, metavar="MANIFEST.csv")
-    batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder; holds the state file that makes reruns resume")
+    batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder; it contains the state file from which a rerun resumes")
     batch.add_argument("--concurrency", type=_positive_int, default=4, metavar="N", help="cases in flight at once (default: 4)")
     batch.add_argument("--retry-failed", action="store_true", help="submit again the cases that failed, were cancelled or were rejected in an earlier run")
     batch.add_argument("--job-timeout", type=float, metavar="SECONDS", help="give up waiting for one job after this long; it stays unfinished for a rerun (default: no limit)")

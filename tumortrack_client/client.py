@@ -251,7 +251,7 @@ class TumorTrackClient:
             except httpx.TransportError as error:
                 failures += 1
                 if failures > self.retry.max_retries:
-                    raise ServiceUnavailableError(f"{method} {path}: no answer from {self.base_url} after {failures} attempts ({type(error).__name__}: {error}); check that the service runs and the URL is right") from error
+                    raise ServiceUnavailableError(f"{method} {path}: no response from {self.base_url} after {failures} attempts ({type(error).__name__}: {error}); check that the service runs and the URL is right") from error
                 delay = self.retry.backoff_s(failures)
                 logger.warning("%s %s failed with %s: %s; retry %d of %d in %.1f s", method, path, type(error).__name__, error, failures, self.retry.max_retries, delay)
                 self._sleep(delay)
@@ -276,9 +276,9 @@ class TumorTrackClient:
             else:
                 failures += 1
                 if failures > self.retry.max_retries:
-                    raise ServiceUnavailableError(f"{method} {path}: the service answered {response.status_code} {failures} times: {_api_error(response).message}")
+                    raise ServiceUnavailableError(f"{method} {path}: the service responded {response.status_code} {failures} times: {_api_error(response).message}")
                 delay = self.retry.delay_s(failures, retry_after)
-                logger.warning("%s %s: service answered %d; retry %d of %d in %.1f s", method, path, response.status_code, failures, self.retry.max_retries, delay)
+                logger.warning("%s %s: service responded %d; retry %d of %d in %.1f s", method, path, response.status_code, failures, self.retry.max_retries, delay)
             self._sleep(delay)
 
 
@@ -287,7 +287,10 @@ def _form_fields(**values: Any) -> dict[str, Any]:
     for name, value in values.items():
         if value is None:
             continue
-        fields[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            fields[name] = "true" if value else "false"
+        else:
+            fields[name] = str(value)
     return fields
 
 

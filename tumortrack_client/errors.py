@@ -28,7 +28,7 @@ class ApiError(TumorTrackError):
 
 
 class ServiceUnavailableError(TumorTrackError):
-    """The service stayed unreachable or kept answering 429/503 after every retry."""
+    """The service stayed unreachable or kept returning 429/503 after every retry."""
 
 
 class WaitTimeoutError(TumorTrackError):

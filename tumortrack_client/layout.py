@@ -1,4 +1,4 @@
-"""Where a batch writes into its output folder.
+"""Layout of a batch's output folder.
 
 OUT/batch-state.json  progress of every case, rewritten atomically after each step
 OUT/summary.csv       one row per case: job id, state, lesion count, volumes, error

@@ -15,7 +15,7 @@ Columns (header row required, names case-insensitive, order free):
 - ``followup_prompts``: ``track`` only: prompt JSON per follow-up, separated by
   ``;``, one entry per follow-up, an empty entry for none.
 - ``engine``: engine name for the case; empty for the service's default.
-- ``series_uid``: Series Instance UID when the (baseline) DICOM upload holds several series.
+- ``series_uid``: Series Instance UID when the (baseline) DICOM upload contains several series.
 
 Paths are relative to the manifest's folder unless absolute. Empty rows are
 skipped. Every problem found is reported with its line and column, not only

@@ -28,7 +28,7 @@ class JobError:
 
 @dataclass(frozen=True)
 class SubmittedJob:
-    """The service's 202 answer to a POST; ``replayed`` is true when an earlier request with the same Idempotency-Key created the job."""
+    """The service's 202 response to a POST; ``replayed`` is true when an earlier request with the same Idempotency-Key created the job."""
 
     id: str
     state: str

@@ -1,8 +1,8 @@
 """When to retry a request and how long to wait before the next attempt.
 
-The service asks for a retry with 429 (queue full) and 503 (Redis or every
+The service requests a retry with 429 (queue full) and 503 (Redis or every
 worker down), usually with a ``Retry-After`` header. Proxies in front of it
-answer 502 and 504 for the same kind of passing trouble. Connection errors and
+return 502 and 504 for the same kind of passing trouble. Connection errors and
 timeouts are retried too: job submissions are safe to repeat because the
 client always sends an ``Idempotency-Key``.
 """
@@ -48,7 +48,7 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Return the seconds a ``Retry-After`` header asks for (delay-seconds or HTTP-date), or None when absent or invalid."""
+    """Return the seconds a ``Retry-After`` header requests (delay-seconds or HTTP-date), or None when absent or invalid."""
     if value is None or not value.strip():
         return None
     value = value.strip()

@@ -40,7 +40,7 @@ ARTIFACTS = {"mask.nii.gz", "lesions.json", "lesions.csv", "preview.png"}
 
 @pytest.fixture(scope="module")
 def tenant_gateway(stack):
-    """A gateway that knows one API key for a tenant used by no other test."""
+    """Start a gateway with one API key, for a tenant that no other test uses."""
     tenant, key = f"cli-{uuid.uuid4().hex[:8]}", f"key-{uuid.uuid4().hex}"
     port = free_port()
     stack.start_gateway(port, extra_env={"TUMORTRACK_API_KEYS": f"{tenant}={key}"}, name="cli-gateway")

@@ -32,7 +32,7 @@ def job_body(state: str) -> dict:
 
 
 class ScriptedServer:
-    """Answers each request with the next scripted (status, headers, body) and records what it received."""
+    """HTTP server that responds to each request with the next scripted (status, headers, body) and records the request."""
 
     def __init__(self, port: int = 0):
         self.script: deque[tuple[int, dict, dict | bytes]] = deque()
@@ -129,7 +129,7 @@ def test_503_without_retry_after_backs_off_then_gives_up(server):
     server.script.extend([(503, {}, {"error": {"code": "not_ready", "message": "no worker is alive", "field": None}})] * 4)
     sleeps: list[float] = []
 
-    with client_for(server.url, sleeps, max_retries=3, base_delay_s=1.0, max_delay_s=3.0) as client, pytest.raises(ServiceUnavailableError, match="answered 503 4 times: no worker is alive"):
+    with client_for(server.url, sleeps, max_retries=3, base_delay_s=1.0, max_delay_s=3.0) as client, pytest.raises(ServiceUnavailableError, match="responded 503 4 times: no worker is alive"):
         client.get_job(JOB_ID)
 
     assert len(server.requests) == 4
@@ -174,7 +174,7 @@ def test_connection_refused_retried_until_server_starts(image):
 def test_connection_refused_gives_up(image):
     sleeps: list[float] = []
 
-    with client_for(f"http://127.0.0.1:{free_port()}", sleeps, max_retries=2) as client, pytest.raises(ServiceUnavailableError, match="no answer from .* after 3 attempts"):
+    with client_for(f"http://127.0.0.1:{free_port()}", sleeps, max_retries=2) as client, pytest.raises(ServiceUnavailableError, match="no response from .* after 3 attempts"):
         client.submit_segmentation(image, {"lesions": []})
 
     assert len(sleeps) == 2
