@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tumortrack_client.batch_state import DONE, PENDING, SUBMITTED, BatchState, CaseRecord
+from tumortrack_client.batch_state import DONE, PENDING, SUBMITTED, BatchState, CaseRecord, exclusive_run
 from tumortrack_client.client import TumorTrackClient
 from tumortrack_client.errors import ApiError, InputFileError, TumorTrackError
-from tumortrack_client.layout import case_folder, partial_case_folder
+from tumortrack_client.layout import case_folder, partial_case_folder, remove_temporary_files
 from tumortrack_client.manifest import Case, Manifest
 from tumortrack_client.models import Job, SubmittedJob
 from tumortrack_client.progress import BatchProgress
@@ -57,11 +57,20 @@ def run_batch(client: TumorTrackClient, manifest: Manifest, out_dir: Path, *, co
     ``progress_bar`` None shows a bar only when standard error is a terminal.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = BatchState.open(out_dir, manifest, retry_failed=retry_failed)
-    todo = [case for case in manifest.cases if state.get(case.case_id).status != DONE]
-    progress = BatchProgress(total=len(manifest.cases), already_done=len(manifest.cases) - len(todo), bar=progress_bar)
-    logger.info("batch %s: %d cases, %d to run, concurrency %d", state.batch_id, len(manifest.cases), len(todo), concurrency)
+    with exclusive_run(out_dir):
+        remove_temporary_files(out_dir)
+        state = BatchState.open(out_dir, manifest, retry_failed=retry_failed)
+        todo = [case for case in manifest.cases if state.get(case.case_id).status != DONE]
+        progress = BatchProgress(total=len(manifest.cases), already_done=len(manifest.cases) - len(todo), bar=progress_bar)
+        logger.info("batch %s: %d cases, %d to run, concurrency %d", state.batch_id, len(manifest.cases), len(todo), concurrency)
+        _run_cases(client, state, todo, out_dir, concurrency, wait_timeout_s, progress)
 
+        records = [state.get(case.case_id) for case in manifest.cases]
+        rows = summary_rows(manifest.cases, records)
+        return BatchOutcome(records=records, summary_path=write_summary(out_dir, rows), summary=rows)
+
+
+def _run_cases(client: TumorTrackClient, state: BatchState, todo: list[Case], out_dir: Path, concurrency: int, wait_timeout_s: float | None, progress: BatchProgress) -> None:
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="case")
     try:
         futures = [pool.submit(_run_case, client, state, case, out_dir, wait_timeout_s, progress) for case in todo]
@@ -76,10 +85,6 @@ def run_batch(client: TumorTrackClient, manifest: Manifest, out_dir: Path, *, co
         pool.shutdown()
     finally:
         progress.close()
-
-    records = [state.get(case.case_id) for case in manifest.cases]
-    rows = summary_rows(manifest.cases, records)
-    return BatchOutcome(records=records, summary_path=write_summary(out_dir, rows), summary=rows)
 
 
 def _run_case(client: TumorTrackClient, state: BatchState, case: Case, out_dir: Path, wait_timeout_s: float | None, progress: BatchProgress) -> CaseRecord:

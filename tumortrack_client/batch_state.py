@@ -11,24 +11,27 @@ run, derived from the batch id, the case id, its row's fingerprint and its
 attempt number. So the service returns the job it already created for the
 resubmission.
 
-Rewriting the whole file costs O(cases) per change, about 450 bytes per case;
+Rewriting the whole file costs O(cases) per change, about 400 bytes per case;
 batches of thousands of cases are fine, millions are not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tumortrack_client.layout import STATE_FILE_NAME
+from tumortrack_client.layout import LOCK_FILE_NAME, STATE_FILE_NAME
 from tumortrack_client.manifest import Case, Manifest
 
 FORMAT_VERSION = 1
@@ -163,6 +166,20 @@ class BatchState:
             Path(temporary).unlink(missing_ok=True)
             raise
         _fsync_folder(self.path.parent)
+
+
+@contextlib.contextmanager
+def exclusive_run(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder, so two runs never write one state file at once.
+
+    The operating system releases the lock when the process ends, also when it is killed.
+    """
+    with open(out_dir / LOCK_FILE_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateFileError(f"another tumortrack batch is running on {out_dir} (it holds {out_dir / LOCK_FILE_NAME}); wait for it to end or give another --out") from None
+        yield
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -230,3 +230,24 @@ def test_cli_track_with_mask(tenant_gateway, tmp_path):
     assert {row["lesion_id"] for row in rows} == labels
     assert {row["status"] for row in rows} == {"tracked"}
     assert "RECIST 1.1 at timepoint 1:" in result.stdout
+
+
+def test_batch_track_case_with_dicom_followup(tenant_gateway, tmp_path):
+    case = require_shared("data", "ibsi_sts_019")
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct_mask.nii.gz"))) > 0
+    (tmp_path / "prompts.json").write_text(json.dumps(box_prompts_from_mask(truth)))
+    manifest = tmp_path / "track.csv"
+    manifest.write_text(f"case_id,kind,image,followups,prompts,engine\nsts019_pair,track,{case / 'ct_image.nii.gz'},{case / 'dicom_ct' / 'image'},prompts.json,classical\n")
+    out_dir = tmp_path / "out"
+
+    result = run_cli(tenant_gateway, "batch", str(manifest), "--out", str(out_dir))
+
+    assert result.returncode == 0, result.stderr
+    with open(out_dir / "summary.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["kind"] == "track"
+    assert row["state"] == "succeeded"
+    assert row["lesion_count"] == "1"
+    assert row["response"] in {"CR", "PR", "SD", "PD"}
+    names = {path.name for path in (out_dir / "sts019_pair").iterdir()}
+    assert {"mask_t0.nii.gz", "mask_t1.nii.gz", "correspondence.json", "seg_t1.dcm"} <= names

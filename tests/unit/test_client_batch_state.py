@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tumortrack_client import batch_state
-from tumortrack_client.batch_state import DONE, PENDING, SUBMITTED, BatchState, StateFileError
+from tumortrack_client.batch_state import DONE, PENDING, SUBMITTED, BatchState, StateFileError, exclusive_run
+from tumortrack_client.layout import remove_temporary_files
 from tumortrack_client.manifest import Case, Manifest
 
 STATE_NAME = "batch-state.json"
@@ -138,3 +139,24 @@ def test_state_other_format_version(tmp_path):
 
     with pytest.raises(StateFileError, match="format version 99"):
         BatchState.open(tmp_path, manifest_of(case("a")))
+
+
+def test_state_folder_locked_by_one_run(tmp_path):
+    with exclusive_run(tmp_path):
+        with pytest.raises(StateFileError, match="another tumortrack batch is running on"):
+            with exclusive_run(tmp_path):
+                pass
+
+    with exclusive_run(tmp_path):
+        pass
+
+
+def test_layout_removes_leftover_temporary_files(tmp_path):
+    (tmp_path / ".batch-state.json.k2j3").write_text("{")
+    (tmp_path / ".summary.csv.x1").write_text("case_id")
+    (tmp_path / "batch-state.json").write_text("{}")
+    (tmp_path / "case_01").mkdir()
+
+    remove_temporary_files(tmp_path)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["batch-state.json", "case_01"]
