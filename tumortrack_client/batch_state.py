@@ -178,7 +178,7 @@ def exclusive_run(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StateFileError(f"another tumortrack batch is running on {out_dir} (it holds {out_dir / LOCK_FILE_NAME}); wait for it to end or give another --out") from None
+            raise StateFileError(f"another tumortrack batch is running on {out_dir} (it has locked {out_dir / LOCK_FILE_NAME}); wait for it to end or give another --out") from None
         yield
 
 
