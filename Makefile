@@ -42,7 +42,7 @@ up:
 	docker compose up --build
 
 lint: $(STAMP)
-	$(PY) -m compileall -q lesions service worker ops
+	$(PY) -m compileall -q lesions service worker ops tumortrack_client
 
 clean:
 	rm -rf var demo-output bench-report.json
