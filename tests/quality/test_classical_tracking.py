@@ -6,19 +6,17 @@ known change of its lesion. The previous label map is the ground-truth mask, so 
 tracked mask is compared with the true follow-up mask, and the measured volume change
 (tracked follow-up volume minus previous volume) with the true one.
 
-The classical engine's mask follows its box more than the lesion border, so it
-measures only part of a growth or shrinkage of a few millimetres. It measured about
-half of a 3 mm growth on ibsi_sts_002 and a sixth of a 3 mm shrinkage of the NSCLC
-tumour.
-The growth check passes on ibsi_sts_002 partly because the engine also segments
-that lesion about 15 % larger than its ground truth, which offsets the missed
-growth. The shrinkage volume check fails and is marked xfail, and so is
-disappearance of a lesion with too little contrast to assess. Run with ``-s`` to
+A lesion with contrast keeps its warped border except where the two images show a
+change (``worker.tracking.change_refinement``). An unchanged lesion therefore keeps
+its volume, but only part of a 3 mm growth or shrinkage is seen: the growth and
+shrinkage volume checks fail and are marked xfail with the measured numbers, and so
+is disappearance of a lesion with too little contrast to assess. Run with ``-s`` to
 print the measured numbers.
 
-The last tests replace the classical engine with an ideal one, which returns the
-true follow-up lesion inside its box, on a synthetic image. They check that the
-tracker's box follows growth and shrinkage when the engine does, and need no
+The last tests use spheres on a synthetic image. With high contrast they check the
+change detection itself. With low contrast they replace the classical engine with an
+ideal one, which returns the true follow-up lesion inside its box, and check that
+the tracker's box follows growth and shrinkage when the engine does. They need no
 shared data.
 """
 
@@ -136,6 +134,14 @@ def test_unchanged_lesion_tracked(unchanged_lung_tumour):
 def test_grown_lesion_tracked(grown_soft_tissue):
     assert grown_soft_tissue.result.lesions[LESION_ID].status == "tracked"
     assert grown_soft_tissue.dice >= MIN_DICE
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="change detection sees part of the growth only: it measured +11 % of the baseline volume "
+    "where the lesion gained 29 %",
+)
+def test_grown_lesion_volume_change(grown_soft_tissue):
     assert abs(grown_soft_tissue.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
 
 
@@ -146,7 +152,7 @@ def test_shrunk_lesion_tracked(shrunk_lung_tumour):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the classical engine keeps close to its box: it measured +20 % of the baseline volume "
+    reason="change detection sees part of the shrinkage only: it measured -14 % of the baseline volume "
     "where the lesion lost 28 %",
 )
 def test_shrunk_lesion_volume_change(shrunk_lung_tumour):
@@ -271,10 +277,11 @@ def sphere(shape: tuple[int, int, int], radius_voxels: float) -> np.ndarray:
     return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_voxels**2
 
 
-def sphere_image(lesion: np.ndarray) -> sitk.Image:
-    """Soft tissue of 40 HU with a 120 HU lesion and noise, in 1 mm voxels."""
+def sphere_image(lesion: np.ndarray, lesion_hu: float = 52.0) -> sitk.Image:
+    """Soft tissue of 40 HU with a lesion and noise, in 1 mm voxels. The default lesion
+    is too faint for change detection, so the tracker asks the engine."""
     noise = np.random.default_rng(0).normal(0.0, 10.0, lesion.shape)
-    image = sitk.GetImageFromArray(np.where(lesion, 120.0, 40.0).astype(np.float32) + noise.astype(np.float32))
+    image = sitk.GetImageFromArray(np.where(lesion, lesion_hu, 40.0).astype(np.float32) + noise.astype(np.float32))
     image.SetOrigin((-20.0, -20.0, -20.0))
     return image
 
@@ -306,3 +313,21 @@ def test_empty_ideal_segmentation_disappeared():
 
     assert result.lesions[3].status == "disappeared"
     assert not result.followup_labels.any()
+
+
+@pytest.mark.parametrize(("change", "radius_after"), [("grow", 10.0), ("shrink", 4.0), ("keep", 7.0)])
+def test_contrasted_sphere_change_detected(change, radius_after):
+    shape = (41, 41, 41)
+    before = sphere(shape, 7.0)
+    after = sphere(shape, radius_after)
+    engine = IdealEngine(np.zeros(shape, dtype=bool))
+
+    labels = before.astype(np.uint8) * 3
+
+    result = track_lesions(sphere_image(before, 120.0), labels, sphere_image(after, 120.0), engine, sitk.Euler3DTransform())
+
+    tracked = result.followup_labels == 3
+    assert result.lesions[3].status == "tracked", result.lesions[3].note
+    assert engine.boxes == []
+    assert dice(tracked, after) >= 0.95
+    assert tracked.sum() == pytest.approx(after.sum(), rel=0.05)

@@ -12,14 +12,19 @@ Each pair of time points is registered once. Then, for each lesion:
    ``MIN_FRACTION_INSIDE_FIELD_OF_VIEW`` of its voxels inside the follow-up's field
    of view is ``outside_field_of_view``, and one whose warped mask is empty although
    it lies inside is ``not_found``. Neither is segmented.
-2. The engine segments it from a box prompt: the warped mask's bounding box, padded
-   as a user would draw it. The box is then refitted to the result and the lesion
-   segmented again, for at most ``MAX_BOX_PASSES`` passes, so that the last box fits
-   the follow-up lesion as a user's box would. Where the result reaches a face of the
-   box inside the image, the lesion may have grown past it, so that face moves out.
-3. The result is kept only within ``GROWTH_ALLOWANCE_FRACTION`` of the lesion's size
-   around the warped mask, so that a box that grew does not capture a neighbour.
-4. A result smaller than ``MIN_VOLUME_FRACTION`` of the warped mask is
+2. A lesion with enough contrast (``MIN_ASSESSABLE_CONTRAST_HU``) keeps the warped
+   mask's border except where the images show a change: see
+   ``worker.tracking.change_refinement``. Measuring both time points with one rule
+   keeps the volume change free of the engine's own bias.
+3. A lesion with too little contrast for that is segmented by the engine from a box
+   prompt: the warped mask's bounding box, padded as a user would draw it. The box
+   is then refitted to the result and the lesion segmented again, for at most
+   ``MAX_BOX_PASSES`` passes, so that the last box fits the follow-up lesion as a
+   user's box would. Where the result reaches a face of the box inside the image,
+   the lesion may have grown past it, so that face moves out.
+4. Either result is kept only within ``GROWTH_ALLOWANCE_FRACTION`` of the lesion's
+   size around the warped mask, so that a box that grew does not capture a neighbour.
+5. A result smaller than ``MIN_VOLUME_FRACTION`` of the warped mask is
    ``disappeared``. So is a lesion whose core no longer looks like the lesion: the
    classical engine returns a mask for every box, even on healthy tissue, so the mask
    alone cannot show that a lesion is gone. On the previous image, the lesion's
@@ -28,9 +33,9 @@ Each pair of time points is registered once. Then, for each lesion:
    same previous shell median, divided by the previous contrast. The core is the
    inner part of a mask, so a lesion that grew or shrank keeps its core.
 
-NOTE: the classical engine's mask follows the box more than the lesion border where
-the lesion has little contrast with its surroundings, so a growth or shrinkage of a
-few millimetres changes the tracked volume much less than it should.
+NOTE: for lesions under ``MIN_ASSESSABLE_CONTRAST_HU`` the classical engine's mask
+follows the box more than the lesion border, so a growth or shrinkage of a few
+millimetres changes the tracked volume much less than it should.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from scipy import ndimage
 
 from lesions.prompt_types import LesionPrompt
 from worker.engines.base import Engine, EngineOptions
+from worker.tracking.change_refinement import refine_by_change
 from worker.tracking.registration import fraction_inside_field_of_view, register, warp_labels
 
 logger = logging.getLogger(__name__)
@@ -180,6 +186,7 @@ def track_lesions(
     inside = fraction_inside_field_of_view(prev_labels, prev_image, followup_image, transform)
     previous = _TimePoint.of(prev_image)
     followup = _TimePoint.of(followup_image)
+    warped_previous_hu = _warp_image(prev_image, followup_image, transform)
 
     tracks: dict[int, LesionTrack] = {}
     masks: dict[int, np.ndarray] = {}
@@ -187,7 +194,7 @@ def track_lesions(
         previous_mask = prev_labels == lesion_id
         warped_mask = warped == lesion_id
         status, note, mask = _track_one(
-            lesion_id, previous, previous_mask, followup, warped_mask, inside[lesion_id], engine, options
+            lesion_id, previous, previous_mask, followup, warped_mask, warped_previous_hu, inside[lesion_id], engine, options
         )
         tracks[lesion_id] = LesionTrack(
             lesion_id=lesion_id,
@@ -217,6 +224,7 @@ def _track_one(
     previous_mask: np.ndarray,
     followup: _TimePoint,
     warped_mask: np.ndarray,
+    warped_previous_hu: np.ndarray,
     inside_fraction: float,
     engine: Engine,
     options: EngineOptions,
@@ -228,12 +236,6 @@ def _track_one(
     if not warped_mask.any():
         return "not_found", "the warped mask is empty: the lesion is too small for the follow-up's voxels", None
 
-    mask = _segment_with_fitted_box(lesion_id, warped_mask, followup, engine, options)
-    mask &= _growth_region(warped_mask, followup.spacing_zyx)
-    if mask.sum() < MIN_VOLUME_FRACTION * warped_mask.sum():
-        note = f"the follow-up mask has {int(mask.sum())} voxels, under {MIN_VOLUME_FRACTION:.0%} of the warped mask"
-        return "disappeared", note, None
-
     contrast = _measure_contrast(previous, previous_mask, followup, warped_mask)
     logger.debug(
         "tracking: lesion %d contrast %+.0f HU, %.2f of it kept",
@@ -242,10 +244,34 @@ def _track_one(
         contrast.kept_fraction,
     )
     status, note = _judge_contrast(contrast)
+    if status == "disappeared":
+        return status, note, None
+
+    region = _growth_region(warped_mask, followup.spacing_zyx)
+    if abs(contrast.previous_hu) >= MIN_ASSESSABLE_CONTRAST_HU:
+        mask = refine_by_change(
+            followup.array, warped_previous_hu, warped_mask, region, contrast.lesion_hu, contrast.around_hu, followup.spacing_zyx
+        )
+    else:
+        mask = _segment_with_fitted_box(lesion_id, warped_mask, followup, engine, options) & region
+    if mask.sum() < MIN_VOLUME_FRACTION * warped_mask.sum():
+        note = f"the follow-up mask has {int(mask.sum())} voxels, under {MIN_VOLUME_FRACTION:.0%} of the warped mask"
+        return "disappeared", note, None
+
     notes = [note] if note else []
     if inside_fraction < 1.0 - NOTE_OUTSIDE_FRACTION:
         notes.append(f"{100 * (1 - inside_fraction):.0f} % of the lesion lies outside the follow-up's field of view")
-    return status, "; ".join(notes), (mask if status == "tracked" else None)
+    return status, "; ".join(notes), mask
+
+
+def _warp_image(prev_image: sitk.Image, followup_image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """Return the previous image resampled onto the follow-up grid, [z, y, x] float32.
+
+    Voxels that map outside the previous image take its lowest value (air on CT).
+    """
+    lowest = float(sitk.GetArrayViewFromImage(prev_image).min())
+    warped = sitk.Resample(prev_image, followup_image, transform, sitk.sitkLinear, lowest, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(warped)
 
 
 def _segment_with_fitted_box(
