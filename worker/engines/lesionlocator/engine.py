@@ -193,7 +193,7 @@ class LesionLocatorEngine:
                 self._track_error = EngineUnavailable(f"loading {track_folder} on {self.device} failed: {error}")
                 raise self._track_error from error
 
-            self._tracker = LesionLocatorTracker(model, self.device, self.half_precision)
+            self._tracker = LesionLocatorTracker(model, self.device, self.half_precision, keep_freed_memory=self.keep_freed_memory)
             self._track_checked = True
             logger.info(
                 "lesionlocator loaded tracking model %s on %s in %.1f s (folds %s)",

@@ -40,6 +40,7 @@ from lesions.errors import InputError
 from worker.engines.base import EngineOptions
 from worker.tracking.classical_tracker import MIN_FRACTION_INSIDE_FIELD_OF_VIEW, LesionTrack, TrackResult, TrackStatus
 
+from . import heap
 from .plans import ModelPlans
 from .prediction import mirror_axis_combinations
 from .preprocessing import CaseGeometry, Triple, compute_geometry, preprocess_whole_volume
@@ -104,13 +105,23 @@ class LesionLocatorTracker:
 
     ``include_last_z_offset=False`` reproduces the official z-window search,
     which skips the last offset. It exists for parity tests only.
+    ``keep_freed_memory`` keeps freed feature maps in the heap during a call
+    (``heap.py``). It defaults to on for CPU.
     """
 
-    def __init__(self, model: TrackModel, device: torch.device, half_precision: bool, include_last_z_offset: bool = True):
+    def __init__(
+        self,
+        model: TrackModel,
+        device: torch.device,
+        half_precision: bool,
+        include_last_z_offset: bool = True,
+        keep_freed_memory: bool | None = None,
+    ):
         self.model = model
         self.device = device
         self.half_precision = half_precision and device.type == "cuda"
         self.include_last_z_offset = include_last_z_offset
+        self.keep_freed_memory = device.type == "cpu" if keep_freed_memory is None else keep_freed_memory
 
     @property
     def plans(self) -> ModelPlans:
@@ -120,7 +131,6 @@ class LesionLocatorTracker:
         """Find every lesion of ``prev_labels`` (ids > 0, [z, y, x]) in ``followup_image``; ids are kept."""
         return self.run(prev_image, prev_labels, followup_image, options).result
 
-    @torch.inference_mode()
     def run(
         self,
         prev_image: sitk.Image,
@@ -130,6 +140,22 @@ class LesionLocatorTracker:
         keep_network_io: bool = False,
     ) -> TrackingRun:
         """Track like ``track`` and also return the registration passes and per-lesion details."""
+        keeps_freed_memory = self.keep_freed_memory and heap.keep_freed_memory()
+        try:
+            return self._run(prev_image, prev_labels, followup_image, options, keep_network_io)
+        finally:
+            if keeps_freed_memory:
+                heap.release_freed_memory()
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        prev_image: sitk.Image,
+        prev_labels: np.ndarray,
+        followup_image: sitk.Image,
+        options: EngineOptions,
+        keep_network_io: bool,
+    ) -> TrackingRun:
         started = time.perf_counter()
         previous = self.prepare(prev_image)
         followup = self.prepare(followup_image)
