@@ -88,11 +88,14 @@ def resolve_seg_folder(checkpoint_dir: Path) -> Path:
 
 
 def find_track_folder(checkpoint_dir: Path) -> Path | None:
-    """Return the ``LesionLocatorTrack`` folder in or next to ``checkpoint_dir``, or None when there is none."""
-    for candidate in (checkpoint_dir / TRACK_FOLDER_NAME, checkpoint_dir.parent / TRACK_FOLDER_NAME):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """Return the ``LesionLocatorTrack`` folder of the checkpoint, or None when there is none.
+
+    When ``checkpoint_dir`` is the ``LesionLocatorSeg`` folder itself, the
+    tracking model is its sibling.
+    """
+    is_seg_folder = any((checkpoint_dir / name).is_dir() for name in MODEL_FOLDER_BY_PROMPT_KIND.values())
+    candidate = (checkpoint_dir.parent if is_seg_folder else checkpoint_dir) / TRACK_FOLDER_NAME
+    return candidate if candidate.is_dir() else None
 
 
 def discover_folds(model_dir: Path) -> list[int]:

@@ -14,7 +14,7 @@ For one pair of time points (previous, follow-up):
 3. Per lesion and pass: the lesion's mask is cropped to the previous window,
    resized to 175^3 (nearest-exact), warped with the field (nearest, zero
    outside) and resized back to the follow-up window. The U-Net patch is
-   centred on the rounded centre of mass of the warped mask, and the U-Net sees
+   centred on the rounded centre of mass of the warped mask, and the U-Net takes
    [follow-up patch, warped-mask patch].
 4. The passes' logits are averaged, with certain background outside the
    patches, and exported to the follow-up's grid like a segmentation.
@@ -76,7 +76,7 @@ class RegistrationPass:
 
 @dataclass
 class LesionPass:
-    """What one registration pass gave for one lesion."""
+    """The outcome of one registration pass for one lesion."""
 
     warped_voxels: int
     # Patch start in the (flipped) follow-up's preprocessed indexes, None when the warped mask is empty.
@@ -128,7 +128,7 @@ class LesionLocatorTracker:
         return self.model.plans
 
     def track(self, prev_image: sitk.Image, prev_labels: np.ndarray, followup_image: sitk.Image, options: EngineOptions) -> TrackResult:
-        """Find every lesion of ``prev_labels`` (ids > 0, [z, y, x]) in ``followup_image``; ids are kept."""
+        """Find every lesion of ``prev_labels`` (ids > 0, [z, y, x]) in ``followup_image``, keeping the ids."""
         return self.run(prev_image, prev_labels, followup_image, options).result
 
     def run(
@@ -262,7 +262,7 @@ class LesionLocatorTracker:
         return lesion_pass
 
     def _predict_patch(self, fold: TrackFold, network_input: torch.Tensor) -> torch.Tensor:
-        """Run the U-Net on one input (2, *size), zero-padding axes shorter than the patch; returns float32 logits (2, *size)."""
+        """Run the U-Net on one input (2, *size) and return float32 logits (2, *size). Axes shorter than the patch are zero-padded."""
         size = tuple(network_input.shape[1:])
         padding = [max(0, p - s) for p, s in zip(self.plans.patch_size, size)]
         before = [amount // 2 for amount in padding]

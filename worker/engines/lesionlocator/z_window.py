@@ -1,6 +1,6 @@
 """Match the z ranges of two scans that cover different lengths of the body.
 
-The registration network sees each image squeezed to 175 voxels per axis, so a
+The registration network receives each image squeezed to 175 voxels per axis, so a
 follow-up that covers far fewer slices than the baseline would be stretched
 against it. When the z sizes differ by more than ``Z_DIFFERENCE_THRESHOLD``
 preprocessed voxels, LesionLocatorTrack first slides the shorter image along
@@ -25,7 +25,7 @@ Z_DIFFERENCE_THRESHOLD = 20
 
 @dataclass(frozen=True)
 class ZWindows:
-    """Half-open z ranges [start, stop) of the baseline and follow-up that the registration sees."""
+    """Half-open z ranges [start, stop) of the baseline and follow-up that go into the registration."""
 
     baseline: tuple[int, int]
     followup: tuple[int, int]
