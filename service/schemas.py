@@ -71,12 +71,15 @@ class EngineWorkerOut(BaseModel):
     detail: str
     folds: list[int]
     checkpoint: str | None
+    tracking: str = Field("classical", description="How tracking jobs with this engine find lesions in a follow-up on this worker: 'model' (the engine's own tracking model, LesionLocatorTrack) or 'classical' (registration, then segmentation with the engine).")
+    tracking_detail: str = Field("", description="Why tracking is classical, or which folds the tracking model has.")
 
 
 class EngineOut(BaseModel):
     name: str
     ready: bool = Field(description="True when at least one live worker can run this engine.")
     default: bool
+    model_tracking: bool = Field(False, description="True when a live worker tracks lesions with this engine's own tracking model.")
     workers: list[EngineWorkerOut]
 
 

@@ -8,11 +8,16 @@ previews.
 
 Lesion ids never change: the id a lesion has at baseline is its label value in
 every ``mask_t<i>.nii.gz``. A new lesion gets the next unused id.
+
+An engine with its own tracking model (lesionlocator with ``LesionLocatorTrack``)
+carries the lesions with that model. Other engines, and lesionlocator without the
+model, use the classical tracker: registration, then segmentation with the engine.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 import cc3d
@@ -22,7 +27,7 @@ import SimpleITK as sitk
 from lesions.deferred_prompts import resolve_stored_prompts
 from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
 from lesions.dicomweb_reference import REFERENCE_KIND
-from lesions.errors import InputError
+from lesions.errors import EngineUnavailable, InputError
 from lesions.geometry import ImageGeometry
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import read_label_volume, write_label_map
@@ -33,9 +38,11 @@ from lesions.preview import render_preview
 from lesions.prompt_types import prompt_from_dict
 from lesions.tracking_report import build_correspondence, correspondence_to_csv, stitch_previews
 from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_artifact
-from worker.engines.base import Engine, EngineOptions
+from worker.engines.base import Engine, EngineOptions, Tracker, model_tracker_of
 from worker.segmentation_job import JobContext, describe_artifacts, finish_succeeded
 from worker.tracking.classical_tracker import LesionTrack, track_lesions
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,10 +80,12 @@ def run_tracking(context: JobContext) -> None:
     labels, sources = baseline_labels(inputs, options, baseline.image, engine, engine_options)
     context.stage_done("segmenting", started, lesions=len(sources))
 
+    job_warnings: list[str] = []
+    tracker = tracking_model(context, engine, job_warnings)
     timepoints = [TimePoint(loaded=baseline, labels=labels)]
     for position, followup in enumerate(followups):
         started = context.enter_stage("tracking", 0.1 + 0.7 * position / len(followups))
-        timepoint = track_into(timepoints[-1], followup, engine, engine_options)
+        timepoint = track_into(timepoints[-1], followup, engine, tracker, engine_options)
         prompts_file = options["followups"][position]["prompts_file"]
         if prompts_file:
             add_new_lesions(timepoint, inputs / prompts_file, engine, engine_options, sources, first_id=max(sources, default=0) + 1)
@@ -98,7 +107,7 @@ def run_tracking(context: JobContext) -> None:
             if image_options["kind"] == REFERENCE_KIND:
                 store_artifact(context, f"seg_t{index}.dcm", image_options["server"], 0.95)
 
-    warnings = [f"follow-up {i}: {w}" for i, t in enumerate(timepoints[1:], start=1) for w in t.loaded.warnings]
+    warnings = job_warnings + [f"follow-up {i}: {w}" for i, t in enumerate(timepoints[1:], start=1) for w in t.loaded.warnings]
     finish_succeeded(context, artifacts, warnings)
 
 
@@ -109,6 +118,22 @@ def _resolve_prompts(inputs, options: dict, baseline: LoadedImage, followups: li
     for position, (entry, followup) in enumerate(zip(options["followups"], followups)):
         if entry["prompts_file"]:
             resolve_stored_prompts(inputs / entry["prompts_file"], ImageGeometry.of(followup.image), f"followup_prompts[{position}]")
+
+
+def tracking_model(context: JobContext, engine: Engine, job_warnings: list[str]) -> Tracker | None:
+    """Return the engine's tracking model, or None for the classical tracker.
+
+    A tracking model that exists but does not load falls back to the classical
+    tracker with a job warning, because segmentation with the engine still works.
+    """
+    try:
+        tracker = model_tracker_of(engine)
+    except EngineUnavailable as error:
+        logger.error("job %s: the tracking model of engine %s is unavailable, tracking classically: %s", context.job_id, engine.name, error)
+        job_warnings.append(f"the tracking model of engine {engine.name} is unavailable, so lesions were tracked classically: {error}")
+        return None
+    logger.info("job %s: tracking with %s", context.job_id, "the engine's tracking model" if tracker else "the classical tracker")
+    return tracker
 
 
 def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_options: EngineOptions) -> tuple[np.ndarray, dict[int, str]]:
@@ -133,8 +158,11 @@ def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_o
     return mask.astype(np.uint16), {lesion_id: "baseline mask label" for lesion_id in ids}
 
 
-def track_into(previous: TimePoint, followup: LoadedImage, engine: Engine, engine_options: EngineOptions) -> TimePoint:
-    result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
+def track_into(previous: TimePoint, followup: LoadedImage, engine: Engine, tracker: Tracker | None, engine_options: EngineOptions) -> TimePoint:
+    if tracker is not None:
+        result = tracker.track(previous.loaded.image, previous.labels, followup.image, engine_options)
+    else:
+        result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
     return TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=result.lesions)
 
 

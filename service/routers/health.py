@@ -44,8 +44,18 @@ def list_engines(context: Context) -> EnginesOut:
     engines = []
     for name in KNOWN_ENGINES:
         workers = [
-            EngineWorkerOut(worker=r["worker"], ready=r["ready"], device=r.get("device", "cpu"), detail=r.get("detail", ""), folds=list(r.get("folds", [])), checkpoint=r.get("checkpoint"))
+            EngineWorkerOut(
+                worker=r["worker"],
+                ready=r["ready"],
+                device=r.get("device", "cpu"),
+                detail=r.get("detail", ""),
+                folds=list(r.get("folds", [])),
+                checkpoint=r.get("checkpoint"),
+                tracking=r.get("tracking", "classical"),
+                tracking_detail=r.get("tracking_detail", ""),
+            )
             for r in reports.get(name, [])
         ]
-        engines.append(EngineOut(name=name, ready=any(w.ready for w in workers), default=name == default, workers=workers))
+        model_tracking = any(w.ready and w.tracking == "model" for w in workers)
+        engines.append(EngineOut(name=name, ready=any(w.ready for w in workers), default=name == default, model_tracking=model_tracking, workers=workers))
     return EnginesOut(engines=engines)

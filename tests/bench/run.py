@@ -4,7 +4,9 @@
   real worker) divided by the engine's own time on the same input;
 - worker peak memory divided by the input's in-memory size (float32 voxels);
 - the classical engine's Dice per case with box and point prompts;
-- the lesionlocator engine on the fixture CT against the reference's time.
+- the lesionlocator engine on the fixture CT against the reference's time;
+- the LesionLocatorTrack tracker on the fixture pair (1 and 5 lesions) against
+  the reference's 212 s for 5 lesions.
 
 Numbers come from this machine at this moment; ratios are what to compare
 across runs, since absolute times vary with load.
@@ -48,6 +50,7 @@ def main() -> int:
     report["upload_memory"] = bench_upload_memory()
     report["classical_dice"] = bench_classical_dice(data)
     report["lesionlocator"] = bench_lesionlocator()
+    report["lesionlocator_tracking"] = bench_lesionlocator_tracking()
 
     REPORT_PATH.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
@@ -254,6 +257,20 @@ def bench_lesionlocator() -> dict:
     except ImportError as error:
         return {"skipped": f"lesionlocator benchmark unavailable: {error}"}
     return run_fixture_benchmark()
+
+
+def bench_lesionlocator_tracking() -> dict:
+    fixtures = shared_data_dir().parent / "fixtures" / "lesionlocator-reference"
+    if not fixtures.is_dir():
+        return {"skipped": f"{fixtures} is absent: the benchmark needs the LesionLocator reference fixtures"}
+    try:
+        from worker.engines.lesionlocator.track_bench import run_tracking_benchmark
+    except ImportError as error:
+        return {"skipped": f"lesionlocator tracking benchmark unavailable: {error}"}
+
+    from tests.parity.reference_data import track_checkpoint_dir
+
+    return run_tracking_benchmark(fixtures, track_checkpoint_dir(fixtures))
 
 
 class PeakMemorySampler:

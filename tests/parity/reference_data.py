@@ -10,8 +10,11 @@ skips a test when it is absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import lzma
 import os
+import shutil
 from pathlib import Path
 
 import cc3d
@@ -96,3 +99,42 @@ def case_inputs(reference_dir: Path, config: str) -> tuple[sitk.Image, list[Lesi
     if config == "point_zeropad":
         return padded_ct, point_prompts_from_json(inputs / "prompts_zeropad" / "points" / "example_ct_zeropad.json")
     raise ValueError(f"unknown reference configuration {config!r}")
+
+
+TRACK_FIXTURE_CACHE = Path(os.environ.get("TUMORTRACK_FIXTURE_CACHE", "/tmp/tumortrack-fixture-cache"))
+TRACK_CHECKPOINT_BYTES = 288_152_403
+
+
+def track_checkpoint_dir(reference_dir: Path) -> Path:
+    """Return a LesionLocatorCheckpoint folder with a decompressed LesionLocatorTrack, outside the repository.
+
+    The fixtures ship the tracking checkpoint xz-compressed (21 MB instead of
+    288 MB). It is decompressed once into ``TRACK_FIXTURE_CACHE/<sha256 of the
+    .xz>/`` and reused by later runs. The other files are symlinks into the fixtures.
+    """
+    source = reference_dir / TINY_CHECKPOINT
+    compressed = source / "LesionLocatorTrack" / "fold_0" / "checkpoint_final.pth.xz"
+    digest = hashlib.sha256(compressed.read_bytes()).hexdigest()
+    root = TRACK_FIXTURE_CACHE / digest[:16] / "LesionLocatorCheckpoint"
+    checkpoint = root / "LesionLocatorTrack" / "fold_0" / "checkpoint_final.pth"
+    if checkpoint.is_file() and checkpoint.stat().st_size == TRACK_CHECKPOINT_BYTES:
+        return root
+
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    _symlink(root / "LesionLocatorSeg", source / "LesionLocatorSeg")
+    for name in ("dataset.json", "plans.json"):
+        _symlink(root / "LesionLocatorTrack" / name, source / "LesionLocatorTrack" / name)
+
+    # Decompress into a file of our own and rename it, so a concurrent run never reads half a file.
+    partial = checkpoint.with_name(f"{checkpoint.name}.{os.getpid()}.partial")
+    with lzma.open(compressed) as reader, partial.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, length=16 * 1024 * 1024)
+    partial.replace(checkpoint)
+    return root
+
+
+def _symlink(link: Path, target: Path) -> None:
+    try:
+        link.symlink_to(target)
+    except FileExistsError:
+        pass

@@ -121,12 +121,13 @@ class LesionTrack:
 class TrackResult:
     """Follow-up label map [z, y, x] with the previous ids, one LesionTrack per previous
     lesion, the registration transform (follow-up to previous physical points), and the
-    warped previous label map on the follow-up grid."""
+    warped previous label map on the follow-up grid. A tracking model that registers
+    on its own grid (LesionLocatorTrack) leaves the last two None."""
 
     followup_labels: np.ndarray
     lesions: dict[int, LesionTrack]
-    transform: sitk.Transform
-    warped_labels: np.ndarray
+    transform: sitk.Transform | None
+    warped_labels: np.ndarray | None
 
 
 @dataclass(frozen=True)

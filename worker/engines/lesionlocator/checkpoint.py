@@ -4,8 +4,10 @@ Expected layout (the official release ``LesionLocatorCheckpoint`` folder)::
 
     <checkpoint_dir>/LesionLocatorSeg/bbox_optimized/{dataset.json, plans.json, fold_<f>/checkpoint_final.pth}
     <checkpoint_dir>/LesionLocatorSeg/point_optimized/...
+    <checkpoint_dir>/LesionLocatorTrack/...   (optional, the tracking model)
 
-``checkpoint_dir`` may also be the ``LesionLocatorSeg`` folder itself. Every
+``checkpoint_dir`` may also be the ``LesionLocatorSeg`` folder itself, and then
+the tracking model is looked for next to it. Every
 ``.pth`` file is read with ``torch.load(weights_only=True)``, which only
 rebuilds tensors, containers and the globals in ``ALLOWED_GLOBALS``. Each
 failure raises ``CheckpointError`` naming the file.
@@ -30,7 +32,9 @@ CHECKPOINT_FILE_NAME = "checkpoint_final.pth"
 SEG_FOLDER_NAME = "LesionLocatorSeg"
 # Prompt kind served by each model folder. Mask prompts become boxes and use the box model.
 MODEL_FOLDER_BY_PROMPT_KIND = {"box": "bbox_optimized", "point": "point_optimized"}
-SUPPORTED_TRAINERS = ("LesionLocatorTrainerSegment",)
+SEGMENTATION_TRAINERS = ("LesionLocatorTrainerSegment",)
+TRACK_FOLDER_NAME = "LesionLocatorTrack"
+TRACKING_TRAINERS = ("LesionLocatorTrainerTrack",)
 
 # nnU-Net trainers store the EMA pseudo-Dice (`_best_ema`) and their loss logs as
 # numpy float64 and float32 scalars. Unpickling those needs the numpy scalar
@@ -83,6 +87,17 @@ def resolve_seg_folder(checkpoint_dir: Path) -> Path:
     )
 
 
+def find_track_folder(checkpoint_dir: Path) -> Path | None:
+    """Return the ``LesionLocatorTrack`` folder of the checkpoint, or None when there is none.
+
+    When ``checkpoint_dir`` is the ``LesionLocatorSeg`` folder itself, the
+    tracking model is its sibling.
+    """
+    is_seg_folder = any((checkpoint_dir / name).is_dir() for name in MODEL_FOLDER_BY_PROMPT_KIND.values())
+    candidate = (checkpoint_dir.parent if is_seg_folder else checkpoint_dir) / TRACK_FOLDER_NAME
+    return candidate if candidate.is_dir() else None
+
+
 def discover_folds(model_dir: Path) -> list[int]:
     """List the fold numbers that have a ``fold_<f>`` folder, in ascending order."""
     folds = []
@@ -93,10 +108,13 @@ def discover_folds(model_dir: Path) -> list[int]:
     return sorted(folds)
 
 
-def load_model_folder(model_dir: Path, folds: tuple[int, ...] | None = None) -> ModelFolder:
+def load_model_folder(
+    model_dir: Path, folds: tuple[int, ...] | None = None, trainers: tuple[str, ...] = SEGMENTATION_TRAINERS
+) -> ModelFolder:
     """Load plans, dataset description and fold weights of one model variant.
 
-    ``folds=None`` loads every ``fold_<f>`` folder present. Raises CheckpointError.
+    ``folds=None`` loads every ``fold_<f>`` folder present. ``trainers`` lists the
+    accepted ``trainer_name`` values. Raises CheckpointError.
     """
     if not model_dir.is_dir():
         raise CheckpointError(model_dir, "model folder is missing")
@@ -117,7 +135,7 @@ def load_model_folder(model_dir: Path, folds: tuple[int, ...] | None = None) -> 
 
         # Like the official loader, the first fold decides the configuration and mirroring.
         if configuration is None:
-            configuration = _checkpoint_configuration(checkpoint, path)
+            configuration = _checkpoint_configuration(checkpoint, path, trainers)
             mirror_axes = _checkpoint_mirror_axes(checkpoint, path)
         state_dicts[fold] = _checkpoint_state_dict(checkpoint, path)
 
@@ -170,10 +188,10 @@ def _read_json_or_raise(path: Path) -> dict:
         raise CheckpointError(path, str(error).removeprefix(f"{path} ")) from error
 
 
-def _checkpoint_configuration(checkpoint: dict, path: Path) -> str:
+def _checkpoint_configuration(checkpoint: dict, path: Path, trainers: tuple[str, ...]) -> str:
     trainer = checkpoint.get("trainer_name")
-    if trainer not in SUPPORTED_TRAINERS:
-        raise CheckpointError(path, f"trainer_name {trainer!r} is not a segmentation trainer {SUPPORTED_TRAINERS}")
+    if trainer not in trainers:
+        raise CheckpointError(path, f"trainer_name {trainer!r} is not one of the expected trainers {trainers}")
 
     init_args = checkpoint.get("init_args")
     configuration = init_args.get("configuration") if isinstance(init_args, dict) else None

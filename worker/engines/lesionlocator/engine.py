@@ -3,7 +3,9 @@
 Box and mask prompts run through ``LesionLocatorSeg/bbox_optimized``, point
 prompts through ``LesionLocatorSeg/point_optimized``. The networks of every
 fold are built and loaded once, on the first ``status()``, ``load()`` or
-``segment()`` call, and stay on the device. See README.md in this folder for
+``segment()`` call, and stay on the device. When the checkpoint also has
+``LesionLocatorTrack``, ``model_tracker()`` returns a tracker that runs it; a
+missing or broken tracking model leaves segmentation working. See README.md in this folder for
 how the results differ from the official implementation.
 """
 
@@ -26,12 +28,22 @@ from lesions.prompt_types import LesionPrompt
 from worker.engines.base import EngineOptions, EngineStatus, ProgressCallback
 
 from . import heap
-from .checkpoint import MODEL_FOLDER_BY_PROMPT_KIND, CheckpointError, ModelFolder, load_model_folder, resolve_seg_folder
+from .checkpoint import (
+    MODEL_FOLDER_BY_PROMPT_KIND,
+    TRACK_FOLDER_NAME,
+    CheckpointError,
+    ModelFolder,
+    find_track_folder,
+    load_model_folder,
+    resolve_seg_folder,
+)
 from .export import logits_to_mask
 from .inference import CasePlan, plan_case, predict_case
 from .network import WeightsError, build_network, load_weights
 from .plans import ModelPlans
 from .prediction import batch_size_for_budget, bytes_per_patch, default_memory_budget
+from .track_model import load_track_model
+from .tracker import LesionLocatorTracker
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +122,10 @@ class LesionLocatorEngine:
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] | None = None
         self._load_error: EngineUnavailable | None = None
+        self._track_lock = threading.Lock()
+        self._tracker: LesionLocatorTracker | None = None
+        self._track_error: EngineUnavailable | None = None
+        self._track_checked = False
 
     def load(self) -> None:
         """Load both model variants once.
@@ -149,6 +165,45 @@ class LesionLocatorEngine:
                 models["point"].folds,
             )
 
+    def model_tracker(self) -> LesionLocatorTracker | None:
+        """Return the tracker of ``LesionLocatorTrack``, loaded once, or None when the checkpoint has no such folder.
+
+        Raise EngineUnavailable naming the file when the folder exists but does not load.
+        """
+        with self._track_lock:
+            if self._track_error is not None:
+                raise self._track_error
+            if self._track_checked:
+                return self._tracker
+
+            track_folder = find_track_folder(self.checkpoint_dir)
+            if track_folder is None:
+                self._track_checked = True
+                return None
+
+            started = time.perf_counter()
+            try:
+                model = load_track_model(track_folder, self.folds, self.device)
+            except EngineUnavailable as error:
+                logger.error("lesionlocator tracking model %s is unusable: %s", track_folder, error)
+                self._track_error = error
+                raise
+            except RuntimeError as error:
+                logger.error("loading lesionlocator tracking model %s on %s failed: %s", track_folder, self.device, error)
+                self._track_error = EngineUnavailable(f"loading {track_folder} on {self.device} failed: {error}")
+                raise self._track_error from error
+
+            self._tracker = LesionLocatorTracker(model, self.device, self.half_precision, keep_freed_memory=self.keep_freed_memory)
+            self._track_checked = True
+            logger.info(
+                "lesionlocator loaded tracking model %s on %s in %.1f s (folds %s)",
+                track_folder,
+                self.device,
+                time.perf_counter() - started,
+                [fold.fold for fold in model.folds],
+            )
+            return self._tracker
+
     def model(self, kind: str) -> LoadedModel:
         """Return the loaded model variant for prompt kind ``box``, ``point`` or ``mask``."""
         self.load()
@@ -168,6 +223,7 @@ class LesionLocatorEngine:
         detail += f"; test-time mirroring {'on' if self.device.type == 'cuda' else 'off'} by default"
         if self.half_precision:
             detail += "; float16 autocast"
+        tracking, tracking_detail = self._tracking_status()
         return EngineStatus(
             name=self.name,
             ready=True,
@@ -175,7 +231,19 @@ class LesionLocatorEngine:
             detail=detail,
             folds=box.folds,
             checkpoint=str(self.checkpoint_dir),
+            tracking=tracking,
+            tracking_detail=tracking_detail,
         )
+
+    def _tracking_status(self) -> tuple[str, str]:
+        try:
+            tracker = self.model_tracker()
+        except EngineUnavailable as error:
+            return "classical", f"{TRACK_FOLDER_NAME} does not load, so tracking re-segments with this engine: {error}"
+        if tracker is None:
+            return "classical", f"the checkpoint has no {TRACK_FOLDER_NAME} folder, so tracking re-segments with this engine"
+        folds = [fold.fold for fold in tracker.model.folds]
+        return "model", f"{TRACK_FOLDER_NAME} folds {folds}"
 
     def segment(
         self,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lesions.errors import InputError
 
@@ -114,6 +115,18 @@ def normalize_ct(image: np.ndarray, intensity: CTIntensityProperties) -> np.ndar
     normalized -= np.float32(intensity.mean)
     normalized /= np.float32(max(intensity.std, 1e-8))
     return normalized
+
+
+def preprocess_whole_volume(image: np.ndarray, geometry: CaseGeometry, intensity: CTIntensityProperties) -> torch.Tensor:
+    """Return the whole preprocessed CT (Z, Y, X), float32, resampled by ``F.interpolate`` as nnU-Net does.
+
+    The tracking model needs every voxel, and the same kernel as the official
+    code keeps the values bit-equal, which matters once they are rounded to float16.
+    """
+    crop = tuple(slice(start, stop) for start, stop in zip(geometry.crop_start, geometry.crop_stop))
+    normalized = torch.from_numpy(normalize_ct(image[crop], intensity))[None, None]
+    resampled = F.interpolate(normalized, size=geometry.preprocessed_shape, mode="trilinear", align_corners=False, antialias=False)
+    return resampled[0, 0]
 
 
 class PreprocessedImage:

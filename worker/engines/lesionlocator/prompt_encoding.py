@@ -154,7 +154,7 @@ def encode_mask(prompt: LesionPrompt, geometry: CaseGeometry) -> EncodedPrompt:
     if not cropped.any():
         raise InputError("prompts", f"lesion {prompt.lesion_id}: the mask has no voxel inside the non-zero part of the image")
 
-    resampled_start, resampled = _resample_mask(cropped, geometry)
+    resampled_start, resampled = resample_mask(cropped, geometry)
     occupied = [np.flatnonzero(resampled.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     if any(indexes.size == 0 for indexes in occupied):
         # NOTE: a mask thinner than half a preprocessed voxel vanishes when resampled,
@@ -170,7 +170,7 @@ def encode_mask(prompt: LesionPrompt, geometry: CaseGeometry) -> EncodedPrompt:
     return EncodedPrompt(prompt.lesion_id, "box", box_start=tuple(starts), box_stop=tuple(stops))
 
 
-def _resample_mask(cropped_mask: np.ndarray, geometry: CaseGeometry) -> tuple[Triple, np.ndarray]:
+def resample_mask(cropped_mask: np.ndarray, geometry: CaseGeometry) -> tuple[Triple, np.ndarray]:
     """Resample only the preprocessed voxels whose interpolation taps touch the mask."""
     maps = geometry.forward_maps
     occupied = [np.flatnonzero(cropped_mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
