@@ -6,7 +6,9 @@
 - the classical engine's Dice per case with box and point prompts;
 - the lesionlocator engine on the fixture CT against the reference's time;
 - the LesionLocatorTrack tracker on the fixture pair (1 and 5 lesions) against
-  the reference's 212 s for 5 lesions.
+  the reference's 212 s for 5 lesions;
+- the classical tracker on the same pair: registration per follow-up and time
+  per lesion, for 1 and 5 lesions.
 
 Numbers come from this machine at this moment; ratios are what to compare
 across runs, since absolute times vary with load.
@@ -51,6 +53,7 @@ def main() -> int:
     report["classical_dice"] = bench_classical_dice(data)
     report["lesionlocator"] = bench_lesionlocator()
     report["lesionlocator_tracking"] = bench_lesionlocator_tracking()
+    report["classical_tracking"] = bench_classical_tracking()
 
     REPORT_PATH.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
@@ -271,6 +274,34 @@ def bench_lesionlocator_tracking() -> dict:
     from tests.parity.reference_data import track_checkpoint_dir
 
     return run_tracking_benchmark(fixtures, track_checkpoint_dir(fixtures))
+
+
+def bench_classical_tracking() -> dict:
+    from worker.engines.classical import ClassicalEngine
+    from worker.tracking.classical_tracker import track_lesions
+    from worker.tracking.registration import register
+
+    inputs = shared_data_dir().parent / "fixtures" / "lesionlocator-reference" / "inputs"
+    if not inputs.is_dir():
+        return {"skipped": f"{inputs} is absent: the benchmark needs the LesionLocator reference fixtures"}
+    baseline = sitk.ReadImage(str(inputs / "images" / "example_ct.nii.gz"), sitk.sitkFloat32)
+    followup = sitk.ReadImage(str(inputs / "images" / "example_ct_fu.nii.gz"), sitk.sitkFloat32)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(inputs / "prompts" / "instance_mask" / "example_ct.nii.gz")))
+
+    started = time.perf_counter()
+    transform = register(followup, baseline)
+    registration_s = time.perf_counter() - started
+
+    # The first call pays for lazy imports and caches, so it is not timed.
+    track_lesions(baseline, np.where(labels == 2, labels, 0), followup, ClassicalEngine(), transform=transform)
+    per_lesion = {}
+    for name, lesion_labels in (("one_lesion", np.where(labels == 2, labels, 0)), ("five_lesions", labels)):
+        started = time.perf_counter()
+        result = track_lesions(baseline, lesion_labels, followup, ClassicalEngine(), transform=transform)
+        seconds = time.perf_counter() - started
+        per_lesion[name] = {"lesions": len(result.lesions), "wall_s_after_registration": round(seconds, 2), "s_per_lesion": round(seconds / len(result.lesions), 2)}
+
+    return {"workload": "example_ct -> example_ct_fu, instance mask, classical engine", "registration_s_per_followup": round(registration_s, 2), **per_lesion}
 
 
 class PeakMemorySampler:
