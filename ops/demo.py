@@ -95,7 +95,7 @@ def _run_tracking(base_url: str, case: TrackingCase) -> int:
     print(f"\njob {job['id']} succeeded in {time.perf_counter() - started:.1f} s\n")
     _print_correspondence(json.loads(paths["correspondence.json"].read_text()))
     print("note: 'ml carried' is the previous mask moved onto the follow-up by the registration, i.e. the volume if nothing changed;")
-    print("      a lesion under 20 HU of contrast is re-segmented from a box, so its 'ml after' also contains the engine's error (README, Known limits)")
+    print("      the organs did not change, so 'change %' shows the tracker's own error (README, Known limits)")
     print("\nfiles:")
     for name, path in paths.items():
         print(f"  {name:22s} {path}")

@@ -1,6 +1,8 @@
 """`make serve`: gateway on 127.0.0.1:8000 and one worker, in the foreground until Ctrl-C.
 
 Uses the Redis at TUMORTRACK_REDIS_URL, or starts an embedded one when it is unset.
+The embedded one keeps its data in var/redis, so jobs outlive a restart, as the
+results in the store folder do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main() -> None:
         redis_url=os.environ.get("TUMORTRACK_REDIS_URL"),
         gateway_port=port,
         worker_concurrency=concurrency,
+        redis_data_dir=REPO_ROOT / "var" / "redis",
     )
     print(f"TumorTrack is ready at {stack.base_url} (Swagger UI: {stack.base_url}/docs); logs in {stack.log_dir}. Ctrl-C stops it.", flush=True)
 

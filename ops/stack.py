@@ -148,15 +148,20 @@ def start_stack(
     worker_concurrency: int = 1,
     extra_env: dict | None = None,
     wait: bool = True,
+    redis_data_dir: Path | None = None,
 ) -> Stack:
-    """Start redis (embedded unless ``redis_url`` is given), a worker and the gateway."""
+    """Start redis (embedded unless ``redis_url`` is given), a worker and the gateway.
+
+    With ``redis_data_dir``, the embedded Redis keeps an append-only file there, so
+    jobs survive a restart on the same folder.
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     port = gateway_port or free_port()
 
     redis_process = None
     if redis_url is None:
-        redis_url, redis_process = start_redis(log_dir)
+        redis_url, redis_process = start_redis(log_dir, data_dir=redis_data_dir, persistent=redis_data_dir is not None)
 
     stack = Stack(base_url=f"http://127.0.0.1:{port}", redis_url=redis_url, store_dir=store_dir, log_dir=log_dir, extra_env=dict(extra_env or {}))
     if redis_process is not None:

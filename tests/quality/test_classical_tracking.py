@@ -159,6 +159,19 @@ def test_shrunk_lesion_volume_change(shrunk_lung_tumour):
     assert abs(shrunk_lung_tumour.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
 
 
+def test_identical_followup_keeps_every_volume(cases):
+    # Faint lesions go through the engine and contrasted ones through change
+    # detection: either way a scan compared with itself must show no change.
+    for case in cases.values():
+        labels = lesion_labels(case)
+
+        result = track_lesions(case.image, labels, sitk.Image(case.image), ClassicalEngine())
+
+        track = result.lesions[LESION_ID]
+        assert track.status == "tracked", f"{case.name}: {track.note}"
+        assert track.followup_volume_ml == pytest.approx(track.previous_volume_ml, rel=0.02), case.name
+
+
 def test_tracked_labels_keep_ids_only(unchanged_lung_tumour, grown_soft_tissue):
     for tracked in (unchanged_lung_tumour, grown_soft_tissue):
         assert set(np.unique(tracked.result.followup_labels)) == {0, LESION_ID}
@@ -250,24 +263,26 @@ def test_lesion_smaller_than_followup_voxels_not_found(cases):
 
 
 class IdealEngine:
-    """An engine that returns the true lesion mask inside each box prompt."""
+    """An engine that returns the true lesion mask of each image inside each box prompt."""
 
     name = "ideal"
 
-    def __init__(self, lesion: np.ndarray):
-        self.lesion = lesion
+    def __init__(self, lesions: dict[int, np.ndarray]):
+        # Keyed by id() of the SimpleITK image the tracker passes in.
+        self.lesions = lesions
         self.boxes: list[tuple[tuple[int, int, int], tuple[int, int, int]]] = []
 
     def status(self) -> EngineStatus:
         return EngineStatus(name=self.name, ready=True)
 
     def segment(self, image, prompts, options: EngineOptions, progress=None) -> dict[int, np.ndarray]:
+        lesion = self.lesions[id(image)]
         masks = {}
         for prompt in prompts:
             self.boxes.append((prompt.box_min, prompt.box_max))
-            in_box = np.zeros(self.lesion.shape, dtype=bool)
+            in_box = np.zeros(lesion.shape, dtype=bool)
             in_box[prompt.zyx_slices()] = True
-            masks[prompt.lesion_id] = self.lesion & in_box
+            masks[prompt.lesion_id] = lesion & in_box
         return masks
 
 
@@ -291,11 +306,12 @@ def test_box_follows_ideal_engine(change, radius_after):
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     after = sphere(shape, radius_after)
-    engine = IdealEngine(after)
+    before_image, after_image = sphere_image(before), sphere_image(after)
+    engine = IdealEngine({id(before_image): before, id(after_image): after})
 
     labels = before.astype(np.uint8) * 3
 
-    result = track_lesions(sphere_image(before), labels, sphere_image(after), engine, sitk.Euler3DTransform())
+    result = track_lesions(before_image, labels, after_image, engine, sitk.Euler3DTransform())
 
     assert result.lesions[3].status == "tracked", result.lesions[3].note
     np.testing.assert_array_equal(result.followup_labels == 3, after)
@@ -306,10 +322,12 @@ def test_empty_ideal_segmentation_disappeared():
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     gone = np.zeros(shape, dtype=bool)
+    before_image, gone_image = sphere_image(before), sphere_image(gone)
+    engine = IdealEngine({id(before_image): before, id(gone_image): gone})
 
     labels = before.astype(np.uint8) * 3
 
-    result = track_lesions(sphere_image(before), labels, sphere_image(gone), IdealEngine(gone), sitk.Euler3DTransform())
+    result = track_lesions(before_image, labels, gone_image, engine, sitk.Euler3DTransform())
 
     assert result.lesions[3].status == "disappeared"
     assert not result.followup_labels.any()
@@ -320,7 +338,7 @@ def test_contrasted_sphere_change_detected(change, radius_after):
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     after = sphere(shape, radius_after)
-    engine = IdealEngine(np.zeros(shape, dtype=bool))
+    engine = IdealEngine({})
 
     labels = before.astype(np.uint8) * 3
 

@@ -16,12 +16,14 @@ Each pair of time points is registered once. Then, for each lesion:
    mask's border except where the images show a change: see
    ``worker.tracking.change_refinement``. Measuring both time points with one rule
    keeps the volume change free of the engine's own bias.
-3. A lesion with too little contrast for that is segmented by the engine from a box
-   prompt: the warped mask's bounding box, padded as a user would draw it. The box
-   is then refitted to the result and the lesion segmented again, for at most
-   ``MAX_BOX_PASSES`` passes, so that the last box fits the follow-up lesion as a
-   user's box would. Where the result reaches a face of the box inside the image,
-   the lesion may have grown past it, so that face moves out.
+3. A lesion with too little contrast for that is segmented by the engine at both
+   time points, and the warped mask changes only where the two engine masks differ
+   (``_apply_engine_change``). Each engine mask comes from a box prompt: the mask's
+   bounding box, padded as a user would draw it. The box is then refitted to the
+   result and the lesion segmented again, for at most ``MAX_BOX_PASSES`` passes, so
+   that the last box fits the lesion as a user's box would. Where the result
+   reaches a face of the box inside the image, the lesion may have grown past it,
+   so that face moves out.
 4. Either result is kept only within ``GROWTH_ALLOWANCE_FRACTION`` of the lesion's
    size around the warped mask, so that a box that grew does not capture a neighbour.
 5. A result smaller than ``MIN_VOLUME_FRACTION`` of the warped mask is
@@ -195,7 +197,7 @@ def track_lesions(
         previous_mask = prev_labels == lesion_id
         warped_mask = warped == lesion_id
         status, note, mask = _track_one(
-            lesion_id, previous, previous_mask, followup, warped_mask, warped_previous_hu, inside[lesion_id], engine, options
+            lesion_id, previous, previous_mask, followup, warped_mask, warped_previous_hu, transform, inside[lesion_id], engine, options
         )
         tracks[lesion_id] = LesionTrack(
             lesion_id=lesion_id,
@@ -226,6 +228,7 @@ def _track_one(
     followup: _TimePoint,
     warped_mask: np.ndarray,
     warped_previous_hu: np.ndarray,
+    transform: sitk.Transform,
     inside_fraction: float,
     engine: Engine,
     options: EngineOptions,
@@ -254,7 +257,7 @@ def _track_one(
             followup.array, warped_previous_hu, warped_mask, region, contrast.lesion_hu, contrast.around_hu, followup.spacing_zyx
         )
     else:
-        mask = _segment_with_fitted_box(lesion_id, warped_mask, followup, engine, options) & region
+        mask = _apply_engine_change(lesion_id, previous, previous_mask, followup, warped_mask, transform, engine, options) & region
     if mask.sum() < MIN_VOLUME_FRACTION * warped_mask.sum():
         note = f"the follow-up mask has {int(mask.sum())} voxels, under {MIN_VOLUME_FRACTION:.0%} of the warped mask"
         return "disappeared", note, None
@@ -275,20 +278,50 @@ def _warp_image(prev_image: sitk.Image, followup_image: sitk.Image, transform: s
     return sitk.GetArrayFromImage(warped)
 
 
-def _segment_with_fitted_box(
+def _apply_engine_change(
     lesion_id: int,
-    warped_mask: np.ndarray,
+    previous: _TimePoint,
+    previous_mask: np.ndarray,
     followup: _TimePoint,
+    warped_mask: np.ndarray,
+    transform: sitk.Transform,
     engine: Engine,
     options: EngineOptions,
 ) -> np.ndarray:
-    """Segment from a padded box around the warped mask, then refit the box to the result
-    (see ``_refit_box``) until the box no longer changes or ``MAX_BOX_PASSES`` is reached."""
-    shape = np.array(warped_mask.shape)
-    padding = np.ceil(BOX_PADDING_MM / followup.spacing_zyx).astype(int)
-    low, high = _padded_box(warped_mask, padding)
+    """Return the warped mask changed only where the engine's masks of the two time points differ.
 
-    mask = np.zeros(warped_mask.shape, dtype=bool)
+    The engine segments the lesion at both time points from boxes fitted the same way,
+    and its previous mask is warped onto the follow-up. A voxel joins where only the
+    follow-up mask has it and leaves where only the warped previous mask has it, so
+    the engine's own bias, the same at both time points, does not count as change.
+    """
+    followup_engine = _segment_with_fitted_box(lesion_id, warped_mask, followup, engine, options)
+    previous_engine = _segment_with_fitted_box(lesion_id, previous_mask, previous, engine, options)
+    warped_engine = warp_labels(previous_engine.astype(np.uint8), previous.image, followup.image, transform) > 0
+
+    remaining = warped_mask & ~(warped_engine & ~followup_engine)
+    grown = followup_engine & ~warped_engine & ~warped_mask
+    combined = remaining | grown
+    components, _ = ndimage.label(combined, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(components[remaining])
+    return np.isin(components, touching[touching > 0])
+
+
+def _segment_with_fitted_box(
+    lesion_id: int,
+    seed_mask: np.ndarray,
+    timepoint: _TimePoint,
+    engine: Engine,
+    options: EngineOptions,
+) -> np.ndarray:
+    """Segment from a padded box around ``seed_mask`` on ``timepoint``'s image, then refit
+    the box to the result (see ``_refit_box``) until the box no longer changes or
+    ``MAX_BOX_PASSES`` is reached."""
+    shape = np.array(seed_mask.shape)
+    padding = np.ceil(BOX_PADDING_MM / timepoint.spacing_zyx).astype(int)
+    low, high = _padded_box(seed_mask, padding)
+
+    mask = np.zeros(seed_mask.shape, dtype=bool)
     for _ in range(MAX_BOX_PASSES):
         prompt = LesionPrompt(
             lesion_id=lesion_id,
@@ -297,7 +330,7 @@ def _segment_with_fitted_box(
             box_max=tuple(int(v) for v in high[::-1]),
             source="tracked box",
         )
-        mask = engine.segment(followup.image, [prompt], options, None)[lesion_id].astype(bool)
+        mask = engine.segment(timepoint.image, [prompt], options, None)[lesion_id].astype(bool)
         if not mask.any():
             break
         new_low, new_high = _refit_box(mask, low, high, shape, padding)
@@ -370,7 +403,10 @@ def _core(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
 def _judge_contrast(contrast: _Contrast) -> tuple[TrackStatus, str]:
     """Decide from the HU contrast whether the lesion is still there; return (status, note)."""
     if abs(contrast.previous_hu) < MIN_ASSESSABLE_CONTRAST_HU:
-        note = f"previous contrast {contrast.previous_hu:+.0f} HU is too low to tell whether the lesion disappeared"
+        note = (
+            f"previous contrast {contrast.previous_hu:+.0f} HU is too low to tell whether the lesion disappeared; "
+            "its change is measured from the engine's masks at both time points"
+        )
         return "tracked", note
     if contrast.kept_fraction < MIN_CONTRAST_FRACTION:
         note = (
