@@ -15,7 +15,7 @@ print the measured numbers.
 
 The last tests use spheres on a synthetic image. With high contrast they check the
 change detection itself. With low contrast they replace the classical engine with an
-ideal one, which returns the true follow-up lesion inside its box, and check that
+ideal one, which returns each image's true lesion inside its box, and check that
 the tracker's box follows growth and shrinkage when the engine does. They need no
 shared data.
 """
@@ -294,7 +294,7 @@ def sphere(shape: tuple[int, int, int], radius_voxels: float) -> np.ndarray:
 
 def sphere_image(lesion: np.ndarray, lesion_hu: float = 52.0) -> sitk.Image:
     """Soft tissue of 40 HU with a lesion and noise, in 1 mm voxels. The default lesion
-    is too faint for change detection, so the tracker asks the engine."""
+    is too faint for change detection, so the tracker uses the engine."""
     noise = np.random.default_rng(0).normal(0.0, 10.0, lesion.shape)
     image = sitk.GetImageFromArray(np.where(lesion, lesion_hu, 40.0).astype(np.float32) + noise.astype(np.float32))
     image.SetOrigin((-20.0, -20.0, -20.0))
