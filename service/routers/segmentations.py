@@ -65,13 +65,14 @@ async def create_segmentation(
     request: Request,
     context: Context,
     tenant: Tenant,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key returns the first job.")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key and the same input returns the first job; the same key with other input gets 422.")] = None,
 ) -> JSONResponse:
     """Segment every prompted lesion of one CT volume, uploaded or on a DICOMweb server."""
-    if (replay := admit_or_replay(context, tenant, idempotency_key)) is not None:
-        return replay
-
     form = await read_form(request)
+    admission = await admit_or_replay(context, tenant, idempotency_key, form)
+    if admission.replay is not None:
+        return admission.replay
+
     prompts_raw = await read_json_part(form, "prompts")
     series_uid = optional_text(form, "series_uid")
     reference = await read_image_reference(form, "image_reference", context.settings)
@@ -105,7 +106,7 @@ async def create_segmentation(
         warnings=image.warnings,
         options={"image": image.options, "test_time_augmentation": tta, "lesion_count": image.lesion_count, "store_seg": bool(store_seg)},
     )
-    response = enqueue(context, record, "tumortrack.segment", idempotency_key)
+    response = enqueue(context, record, "tumortrack.segment", admission)
     logger.info("job=%s state=queued kind=segmentation engine=%s lesions=%d image_kind=%s image_size=%s", job_id, engine, image.lesion_count, image.options["kind"], image.size)
     return response
 

@@ -74,13 +74,14 @@ async def create_tracking(
     request: Request,
     context: Context,
     tenant: Tenant,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key returns the first job.")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="Repeating a POST with the same key and the same input returns the first job; the same key with other input gets 422.")] = None,
 ) -> JSONResponse:
     """Track the baseline's lesions through each follow-up: masks with stable ids, correspondence and RECIST 1.1."""
-    if (replay := admit_or_replay(context, tenant, idempotency_key)) is not None:
-        return replay
-
     form = await read_form(request)
+    admission = await admit_or_replay(context, tenant, idempotency_key, form)
+    if admission.replay is not None:
+        return admission.replay
+
     baseline_reference = await read_image_reference(form, "baseline_reference", context.settings)
     check_one_image_source(form, "baseline", "baseline_reference", baseline_reference)
     followup_sources = await _followup_sources(form, context.settings)
@@ -109,7 +110,7 @@ async def create_tracking(
     options["test_time_augmentation"] = tta
     options["store_seg"] = bool(store_seg)
     record = JobRecord(id=job_id, kind="tracking", engine=engine, tenant=tenant, created_at=now, updated_at=now, options=options)
-    response = enqueue(context, record, "tumortrack.track", idempotency_key)
+    response = enqueue(context, record, "tumortrack.track", admission)
     logger.info("job=%s state=queued kind=tracking engine=%s followups=%d", job_id, engine, len(followup_sources))
     return response
 

@@ -81,6 +81,24 @@ def test_idempotency_key_returns_first_job(keyed_gateway, small_ct):
         wait_for_job(beta, other_tenant.json()["id"])
 
 
+def test_idempotency_key_reused_for_other_input(keyed_gateway, small_ct):
+    key = uuid.uuid4().hex
+    other_prompt = POINT.replace('"id": 1', '"id": 2')
+    assert other_prompt != POINT
+    with client_for(keyed_gateway, "alpha") as alpha:
+        first = submit(alpha, small_ct, **{"Idempotency-Key": key})
+        other = alpha.post("/v1/segmentations", files={"image": (small_ct.name, small_ct.read_bytes())}, data={"prompts": other_prompt}, headers={"Idempotency-Key": key})
+        other_image = alpha.post("/v1/segmentations", files={"image": (small_ct.name, small_ct.read_bytes() + b"\0")}, data={"prompts": POINT}, headers={"Idempotency-Key": key})
+
+        assert first.status_code == 202
+        for response in (other, other_image):
+            assert response.status_code == 422
+            assert response.json()["error"]["code"] == "idempotency_key_reused"
+            assert response.json()["error"]["field"] == "Idempotency-Key"
+            assert first.json()["id"] in response.json()["error"]["message"]
+        wait_for_job(alpha, first.json()["id"])
+
+
 def test_invalid_idempotency_key(keyed_gateway, small_ct):
     with client_for(keyed_gateway, "alpha") as alpha:
         response = submit(alpha, small_ct, **{"Idempotency-Key": "spaces are not allowed"})
