@@ -121,7 +121,10 @@ def read_manifest(path: Path) -> Manifest:
         if header is None:
             raise ManifestError(path, [ManifestProblem(None, None, "file is empty; the first line must name the columns, e.g. case_id,kind,image,prompts")])
         columns = _check_header([name.strip().lower() for name in header], problems)
-        if problems:
+        # Rows cannot be read without the required columns. Unknown or repeated
+        # columns are left out, and the rows are still checked, so that one run
+        # lists every problem.
+        if any(name not in columns for name in REQUIRED_COLUMNS):
             raise ManifestError(path, problems)
 
         cases: list[Case] = []
@@ -133,20 +136,30 @@ def read_manifest(path: Path) -> Manifest:
             if len(row) != len(columns):
                 problems.append(ManifestProblem(line, None, f"has {len(row)} cells but the header has {len(columns)} columns"))
                 continue
-            case = _parse_row(dict(zip(columns, (cell.strip() for cell in row))), line, base, problems)
-            if case is None:
-                continue
-            if case.case_id in first_line_of:
-                problems.append(ManifestProblem(line, "case_id", f"duplicate case id {case.case_id!r}; line {first_line_of[case.case_id]} already uses it"))
-                continue
-            first_line_of[case.case_id] = line
-            cases.append(case)
+            values = _known_values(columns, row)
+            case_id = values.get("case_id", "")
+            if case_id in first_line_of:
+                problems.append(ManifestProblem(line, "case_id", f"duplicate case id {case_id!r}; line {first_line_of[case_id]} already uses it"))
+            else:
+                first_line_of[case_id] = line
+            case = _parse_row(values, line, base, problems)
+            if case is not None and first_line_of[case_id] == line:
+                cases.append(case)
 
     if not cases and not problems:
         problems.append(ManifestProblem(None, None, "has a header but no case rows"))
     if problems:
         raise ManifestError(path, problems)
     return Manifest(path=path, cases=cases)
+
+
+def _known_values(columns: list[str], row: list[str]) -> dict[str, str]:
+    """Return {column: stripped cell} for the known columns, the first of each name."""
+    values: dict[str, str] = {}
+    for name, cell in zip(columns, row):
+        if name in COLUMNS and name not in values:
+            values[name] = cell.strip()
+    return values
 
 
 def _check_header(columns: list[str], problems: list[ManifestProblem]) -> list[str]:

@@ -231,3 +231,32 @@ def test_cli_bad_manifest_exit_code(inputs, tmp_path, capsys):
     assert "invalid manifest" in error
     assert "line 3, column 'image': 'absent.nii.gz' does not exist" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_column_still_checks_rows(inputs):
+    path = write_manifest(inputs, (
+        "case_id,image,prompts,colour\n"
+        "a1,ct1.nii.gz,p1.json,red\n"
+        "a2,missing.nii.gz,p1.json,blue\n"
+    ))
+
+    problems = problems_of(path)
+
+    assert len(problems) == 2
+    assert "unknown column" in problems[0]
+    assert "line 3" in problems[1]
+    assert "missing.nii.gz" in problems[1]
+
+
+def test_duplicate_id_reported_with_other_problems(inputs):
+    path = write_manifest(inputs, (
+        "case_id,image,prompts\n"
+        "a1,ct1.nii.gz,p1.json\n"
+        "a1,missing.nii.gz,p1.json\n"
+    ))
+
+    problems = problems_of(path)
+
+    assert len(problems) == 2
+    assert any("duplicate case id 'a1'" in problem and "line 3" in problem for problem in problems)
+    assert any("missing.nii.gz" in problem for problem in problems)
