@@ -99,7 +99,7 @@ def tracking_case(workdir: Path, segmentation: DemoCase) -> TrackingCase:
     fixture = shared_dir() / "fixtures" / "lesionlocator-reference" / "inputs"
     if (fixture / "images" / "example_ct_fu.nii.gz").exists():
         return TrackingCase(
-            "TotalSegmentator example CT and a follow-up moved by (-10, +4, -5) voxels; the 'lesions' are five organs",
+            "TotalSegmentator example CT and a follow-up moved by (-5, +4, -10) voxels in (x, y, z); the 'lesions' are five organs",
             fixture / "images" / "example_ct.nii.gz",
             fixture / "images" / "example_ct_fu.nii.gz",
             fixture / "prompts" / "instance_mask" / "example_ct.nii.gz",
