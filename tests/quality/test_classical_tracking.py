@@ -8,9 +8,10 @@ tracked mask is compared with the true follow-up mask, and the measured volume c
 
 A lesion with contrast keeps its warped border except where the two images show a
 change (``worker.tracking.change_refinement``). An unchanged lesion therefore keeps
-its volume, but only part of a 3 mm growth or shrinkage is seen: the growth and
-shrinkage volume checks fail and are marked xfail with the measured numbers, and so
-is disappearance of a lesion with too little contrast to assess. Run with ``-s`` to
+its volume, but only part of a 3 mm growth or shrinkage is seen. The shrinkage of
+the lung tumour is measured within the 10 % limit, by a small margin. The growth
+volume check fails and is marked xfail with the measured numbers, and so is
+disappearance of a lesion with too little contrast to assess. Run with ``-s`` to
 print the measured numbers.
 
 The last tests use spheres on a synthetic image. With high contrast they check the
@@ -139,7 +140,7 @@ def test_grown_lesion_tracked(grown_soft_tissue):
 @pytest.mark.xfail(
     strict=True,
     reason="change detection sees part of the growth only: it measured +11 % of the baseline volume "
-    "where the lesion gained 29 %",
+    "where the lesion gained 29 %, because much of the shell it grew into looked like the lesion before",
 )
 def test_grown_lesion_volume_change(grown_soft_tissue):
     assert abs(grown_soft_tissue.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
@@ -150,12 +151,9 @@ def test_shrunk_lesion_tracked(shrunk_lung_tumour):
     assert shrunk_lung_tumour.dice >= MIN_DICE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="change detection sees part of the shrinkage only: it measured -14 % of the baseline volume "
-    "where the lesion lost 28 %",
-)
 def test_shrunk_lesion_volume_change(shrunk_lung_tumour):
+    # Measured: -19 % of the baseline volume where the lesion lost 28 %, an error of
+    # 9.5 %, close to the limit.
     assert abs(shrunk_lung_tumour.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
 
 
