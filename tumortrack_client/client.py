@@ -184,13 +184,13 @@ class TumorTrackClient:
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        wanted = [artifact for artifact in job.artifacts if names is None or artifact.name in names]
-        missing = set(names or ()) - {artifact.name for artifact in wanted}
+        requested = [artifact for artifact in job.artifacts if names is None or artifact.name in names]
+        missing = set(names or ()) - {artifact.name for artifact in requested}
         if missing:
             raise TumorTrackError(f"job {job.id} has no artifacts {sorted(missing)}; it has {[a.name for a in job.artifacts]}")
 
         written = []
-        for artifact in wanted:
+        for artifact in requested:
             written.append(self._download(job.id, artifact.name, folder))
         return written
 

@@ -64,10 +64,10 @@ class ManifestError(Exception):
     def __init__(self, path: Path, problems: list[ManifestProblem]):
         self.path = path
         self.problems = problems
-        shown = problems[:MAX_REPORTED_PROBLEMS]
-        lines = [f"invalid manifest {path}: {len(problems)} problem(s)"] + [f"  {problem}" for problem in shown]
-        if len(problems) > len(shown):
-            lines.append(f"  ... and {len(problems) - len(shown)} more")
+        listed = problems[:MAX_REPORTED_PROBLEMS]
+        lines = [f"invalid manifest {path}: {len(problems)} problem(s)"] + [f"  {problem}" for problem in listed]
+        if len(problems) > len(listed):
+            lines.append(f"  ... and {len(problems) - len(listed)} more")
         super().__init__("\n".join(lines))
 
 

@@ -35,8 +35,8 @@ class BatchProgress:
                 print(text, file=self._stream, flush=True)
 
     def case_submitted(self, case_id: str, job_id: str, replayed: bool) -> None:
-        how = "the service returned the job of an earlier submission" if replayed else "queued"
-        self.message(f"{case_id}: submitted as job {job_id} ({how})")
+        outcome = "the service returned the job of an earlier submission" if replayed else "queued"
+        self.message(f"{case_id}: submitted as job {job_id} ({outcome})")
 
     def case_stopped(self, record: CaseRecord, finished: bool) -> None:
         """Report a case that finished, or that stopped unfinished on an error a rerun may get past."""

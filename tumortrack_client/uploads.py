@@ -37,18 +37,18 @@ class LocalFile:
 
 
 @contextlib.contextmanager
-def image_file(path: Path, what: str) -> Iterator[LocalFile]:
+def image_file(path: Path, role: str) -> Iterator[LocalFile]:
     """Yield the file to upload for an image: the file itself, or a temporary zip of a DICOM folder."""
     path = Path(path).expanduser()
     if path.is_file():
         yield LocalFile(path, path.name)
         return
     if not path.is_dir():
-        raise InputFileError(f"{what} {str(path)!r} does not exist; give a .nii, .nii.gz, .nrrd or .mha file, a DICOM folder, or a .zip of one")
+        raise InputFileError(f"{role} {str(path)!r} does not exist; give a .nii, .nii.gz, .nrrd or .mha file, a DICOM folder, or a .zip of one")
 
     members = _folder_members(path)
     if not members:
-        raise InputFileError(f"{what} folder {str(path)!r} contains no files; give a folder with the series' DICOM files")
+        raise InputFileError(f"{role} folder {str(path)!r} contains no files; give a folder with the series' DICOM files")
 
     handle, zip_name = tempfile.mkstemp(prefix="tumortrack-", suffix=".zip")
     os.close(handle)
@@ -61,20 +61,20 @@ def image_file(path: Path, what: str) -> Iterator[LocalFile]:
         Path(zip_name).unlink(missing_ok=True)
 
 
-def volume_file(path: Path, what: str) -> LocalFile:
+def volume_file(path: Path, role: str) -> LocalFile:
     """Return a mask or other single volume to upload, checking that it is a file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise InputFileError(f"{what} {str(path)!r} is not a file; give a .nii, .nii.gz, .nrrd or .mha volume")
+        raise InputFileError(f"{role} {str(path)!r} is not a file; give a .nii, .nii.gz, .nrrd or .mha volume")
     return LocalFile(path, path.name)
 
 
-def prompts_text(prompts: PromptsInput, what: str) -> str:
+def prompts_text(prompts: PromptsInput, role: str) -> str:
     """Return prompt JSON as text: a file's content, a document serialized, or the text itself."""
     if isinstance(prompts, Path):
         path = prompts.expanduser()
         if not path.is_file():
-            raise InputFileError(f"{what} file {str(path)!r} does not exist")
+            raise InputFileError(f"{role} file {str(path)!r} does not exist")
         return path.read_text(encoding="utf-8")
     return prompts if isinstance(prompts, str) else json.dumps(prompts)
 

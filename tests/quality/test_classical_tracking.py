@@ -159,7 +159,7 @@ def test_shrunk_lesion_volume_change(shrunk_lung_tumour):
 
 def test_identical_followup_keeps_every_volume(cases):
     # Faint lesions go through the engine and contrasted ones through change
-    # detection: either way a scan compared with itself must show no change.
+    # detection. Either way, a scan compared with itself must show no change.
     for case in cases.values():
         labels = lesion_labels(case)
 

@@ -53,10 +53,10 @@ def test_state_keys_differ_per_case_and_batch(tmp_path):
     manifest = manifest_of(case("a"), case("b"))
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = BatchState.open(tmp_path / "one", manifest)
-    two = BatchState.open(tmp_path / "two", manifest)
+    first_state = BatchState.open(tmp_path / "one", manifest)
+    second_state = BatchState.open(tmp_path / "two", manifest)
 
-    keys = {one.idempotency_key(manifest.cases[0]), one.idempotency_key(manifest.cases[1]), two.idempotency_key(manifest.cases[0])}
+    keys = {first_state.idempotency_key(manifest.cases[0]), first_state.idempotency_key(manifest.cases[1]), second_state.idempotency_key(manifest.cases[0])}
 
     assert len(keys) == 3
     for key in keys:

@@ -125,7 +125,7 @@ def test_wait_honours_retry_after_on_503(server):
     assert sleeps == [3.0, 0.5, 4.0]
 
 
-def test_503_without_retry_after_backs_off_then_gives_up(server):
+def test_503_backoff_then_gives_up(server):
     server.script.extend([(503, {}, {"error": {"code": "not_ready", "message": "no worker is alive", "field": None}})] * 4)
     sleeps: list[float] = []
 

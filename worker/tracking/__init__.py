@@ -1,1 +1,1 @@
-"""Longitudinal lesion tracking: registration between time points and per-lesion re-segmentation."""
+"""Longitudinal lesion tracking: registration between time points and carrying each lesion into the follow-up."""

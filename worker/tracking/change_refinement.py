@@ -77,7 +77,7 @@ def refine_by_change(
     ball = _ball(GAP_MM, spacing_zyx)
     grown |= region[crop] & ~before & ndimage.binary_closing(warped | grown, ball) & ~ndimage.binary_closing(warped, ball)
     remaining &= ~(ndimage.binary_opening(warped, ball) & ~ndimage.binary_opening(remaining, ball))
-    lesion = _connected_to(remaining | grown, remaining)
+    lesion = connected_to(remaining | grown, remaining)
     lesion |= ndimage.binary_fill_holes(lesion) & warped
 
     result = np.zeros(warped_mask.shape, dtype=bool)
@@ -107,7 +107,7 @@ def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
     return sum(grid**2 for grid in grids) <= radius_mm**2
 
 
-def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+def connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """Return the 26-connected components of ``mask`` that contain a voxel of ``seed``."""
     components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     touching = np.unique(components[seed & mask])

@@ -35,9 +35,10 @@ Each pair of time points is registered once. Then, for each lesion:
    same previous shell median, divided by the previous contrast. The core is the
    inner part of a mask, so a lesion that grew or shrank keeps its core.
 
-NOTE: for lesions under ``MIN_ASSESSABLE_CONTRAST_HU`` the classical engine's mask
-follows the box more than the lesion border, so a growth or shrinkage of a few
-millimetres changes the tracked volume much less than it should.
+NOTE: a lesion under ``MIN_ASSESSABLE_CONTRAST_HU`` changes only where the engine's
+two masks differ, and the classical engine's masks follow their boxes more than the
+lesion border. So most of a growth or shrinkage of a few millimetres goes unseen: at
+most a fifth of a 3 mm growth on the synthetic follow-ups of the quality tests.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from scipy import ndimage
 
 from lesions.prompt_types import LesionPrompt
 from worker.engines.base import Engine, EngineOptions
-from worker.tracking.change_refinement import refine_by_change
+from worker.tracking.change_refinement import connected_to, refine_by_change
 from worker.tracking.registration import fraction_inside_field_of_view, register, warp_labels
 
 logger = logging.getLogger(__name__)
@@ -301,10 +302,7 @@ def _apply_engine_change(
 
     remaining = warped_mask & ~(warped_engine & ~followup_engine)
     grown = followup_engine & ~warped_engine & ~warped_mask
-    combined = remaining | grown
-    components, _ = ndimage.label(combined, structure=np.ones((3, 3, 3), dtype=bool))
-    touching = np.unique(components[remaining])
-    return np.isin(components, touching[touching > 0])
+    return connected_to(remaining | grown, remaining)
 
 
 def _segment_with_fitted_box(

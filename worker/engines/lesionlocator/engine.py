@@ -239,9 +239,9 @@ class LesionLocatorEngine:
         try:
             tracker = self.model_tracker()
         except EngineUnavailable as error:
-            return "classical", f"{TRACK_FOLDER_NAME} does not load, so tracking re-segments with this engine: {error}"
+            return "classical", f"{TRACK_FOLDER_NAME} does not load, so tracking uses the classical tracker with this engine: {error}"
         if tracker is None:
-            return "classical", f"the checkpoint has no {TRACK_FOLDER_NAME} folder, so tracking re-segments with this engine"
+            return "classical", f"the checkpoint has no {TRACK_FOLDER_NAME} folder, so tracking uses the classical tracker with this engine"
         folds = [fold.fold for fold in tracker.model.folds]
         return "model", f"{TRACK_FOLDER_NAME} folds {folds}"
 

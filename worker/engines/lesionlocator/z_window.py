@@ -4,8 +4,8 @@ The registration network receives each image squeezed to 175 voxels per axis, so
 follow-up that covers far fewer slices than the baseline would be stretched
 against it. When the z sizes differ by more than ``Z_DIFFERENCE_THRESHOLD``
 preprocessed voxels, LesionLocatorTrack first slides the shorter image along
-the longer one (both resized in-plane to 175 x 175) and crops the longer one to
-the window with the lowest mean squared error.
+the longer one, both resized in-plane to 175 x 175. It then crops the longer
+one to the window with the lowest mean squared error.
 
 The official code tries offsets ``0 .. difference - 1`` and so never the last
 one. Here every offset ``0 .. difference`` is tried. ``include_last_offset=False``
