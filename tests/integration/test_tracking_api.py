@@ -18,11 +18,11 @@ from tests.integration.conftest import wait_for_job
 pytestmark = pytest.mark.integration
 
 # The fixture "lesions" are organs (adrenal glands, gallbladder, kidney,
-# spleen), which the classical engine re-segments only roughly (Dice 0.44 to
-# 0.79 here). So the test checks that each tracked lesion overlaps its own
-# true follow-up organ more than any other, and the Dice on average.
-MIN_LESION_DICE = 0.35
-MIN_MEAN_TRACKED_DICE = 0.55
+# spleen), and the follow-up is the baseline shifted by whole voxels. The
+# classical tracker keeps each carried organ where the images agree, and
+# measured a Dice of 0.98 to 1.0 against the true follow-up organs.
+MIN_LESION_DICE = 0.9
+MIN_MEAN_TRACKED_DICE = 0.95
 
 
 @pytest.fixture(scope="module")
