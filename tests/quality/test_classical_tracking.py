@@ -6,19 +6,16 @@ known change of its lesion. The previous label map is the ground-truth mask, so 
 tracked mask is compared with the true follow-up mask, and the measured volume change
 (tracked follow-up volume minus previous volume) with the true one.
 
-A lesion with contrast keeps its warped border except where the two images show a
-change (``worker.tracking.change_refinement``). An unchanged lesion therefore keeps
-its volume, but only part of a 3 mm growth or shrinkage is seen. The shrinkage of
-the lung tumour is measured within the 10 % limit, by a small margin. The growth
-volume check fails and is marked xfail with the measured numbers, and so is
-disappearance of a lesion with too little contrast to assess. Run with ``-s`` to
-print the measured numbers.
+Every one of the eight real CT lesions is grown and shrunk by 3 mm, and the measured
+volume change must be within 10 % of the baseline volume of the true change. One
+growth misses that limit and is marked xfail with the measured numbers. Run with
+``-s`` to print the numbers of every case.
 
 The last tests use spheres on a synthetic image. With high contrast they check the
-change detection itself. With low contrast they replace the classical engine with an
-ideal one, which returns each image's true lesion inside its box, and check that
-the tracker's box follows growth and shrinkage when the engine does. They need no
-shared data.
+change detection itself. With a lesion too faint for it they replace the classical
+engine with an ideal one, which returns each image's true lesion inside its box, and
+check that the tracker's box follows growth and shrinkage when the engine does. They
+need no shared data.
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.followup_generator import LesionChange, Motion, SyntheticFollowUp, make_followup
-from tests.lesion_cases import LesionCase, dice, load_ct_lesion_cases, shared_data_dir
+from tests.lesion_cases import CT_LESION_CASES, LesionCase, dice, load_ct_lesion_cases, shared_data_dir
 from worker.engines.base import EngineOptions, EngineStatus
 from worker.engines.classical import ClassicalEngine
 from worker.tracking.classical_tracker import TrackResult, track_lesions
@@ -43,8 +40,8 @@ MAX_VOLUME_CHANGE_ERROR = 0.10
 # A lesion id other than 1, so that a tracker that renumbers lesions fails.
 LESION_ID = 7
 
-GROWTH_MM = 3.0
-SHRINKAGE_MM = 3.0
+# Distance by which a lesion's border moves when it grows or shrinks.
+CHANGE_MM = 3.0
 
 # Cases by role. The HU median of the lesion core minus that of a 2 to 6 mm shell
 # around the lesion is +78 HU for the ibsi_sts_002 sarcoma, +607 HU for the NSCLC
@@ -117,13 +114,13 @@ def unchanged_lung_tumour(cases) -> Tracked:
 @pytest.fixture(scope="module")
 def grown_soft_tissue(cases) -> Tracked:
     case = cases[CONTRASTED_SOFT_TISSUE]
-    return track(case.image, lesion_labels(case), LesionChange("grow", GROWTH_MM))
+    return track(case.image, lesion_labels(case), LesionChange("grow", CHANGE_MM))
 
 
 @pytest.fixture(scope="module")
 def shrunk_lung_tumour(cases) -> Tracked:
     case = cases[LUNG_TUMOUR]
-    return track(case.image, lesion_labels(case), LesionChange("shrink", SHRINKAGE_MM))
+    return track(case.image, lesion_labels(case), LesionChange("shrink", CHANGE_MM))
 
 
 def test_unchanged_lesion_tracked(unchanged_lung_tumour):
@@ -137,24 +134,32 @@ def test_grown_lesion_tracked(grown_soft_tissue):
     assert grown_soft_tissue.dice >= MIN_DICE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="change detection sees part of the growth only: it measured +11 % of the baseline volume "
-    "where the lesion gained 29 %, because much of the shell it grew into looked like the lesion before",
-)
-def test_grown_lesion_volume_change(grown_soft_tissue):
-    assert abs(grown_soft_tissue.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
-
-
 def test_shrunk_lesion_tracked(shrunk_lung_tumour):
     assert shrunk_lung_tumour.result.lesions[LESION_ID].status == "tracked"
     assert shrunk_lung_tumour.dice >= MIN_DICE
 
 
-def test_shrunk_lesion_volume_change(shrunk_lung_tumour):
-    # Measured: -19 % of the baseline volume where the lesion lost 28 %, an error of
-    # 9.5 %, close to the limit.
-    assert abs(shrunk_lung_tumour.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
+# ibsi_sts_019 (+11 HU) grows into tissue that looks like its own border: the front
+# millimetre of the growth shows on too few voxels to win the vote.
+MISSED_GROWTH = pytest.mark.xfail(
+    strict=True,
+    reason="the change is measured 17 % of the baseline volume short (27 % with other noise): "
+    "the outer millimetre of a 3 mm growth is missed on this faint lesion",
+)
+
+
+@pytest.mark.parametrize("kind", ["grow", "shrink"])
+@pytest.mark.parametrize("case_name", [name for name, _, _ in CT_LESION_CASES])
+def test_volume_change_within_limit(cases, case_name, kind, request):
+    if (case_name, kind) == ("ibsi_sts_019", "grow"):
+        request.applymarker(MISSED_GROWTH)
+    case = cases[case_name]
+
+    tracked = track(case.image, lesion_labels(case), LesionChange(kind, CHANGE_MM))
+
+    assert tracked.result.lesions[LESION_ID].status == "tracked"
+    assert tracked.dice >= MIN_DICE
+    assert abs(tracked.volume_change_error) <= MAX_VOLUME_CHANGE_ERROR
 
 
 def test_identical_followup_keeps_every_volume(cases):
@@ -187,11 +192,6 @@ def test_removed_lesion_disappeared(cases, case_name):
     assert tracked.result.lesions[LESION_ID].followup_volume_ml == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lesion 5 HU brighter than the tissue around it is too faint to tell that it is gone; "
-    "the tracker reports it tracked with a note",
-)
 def test_removed_low_contrast_lesion_disappeared(cases):
     case = cases[LOW_CONTRAST_LESION]
 
@@ -290,10 +290,11 @@ def sphere(shape: tuple[int, int, int], radius_voxels: float) -> np.ndarray:
     return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_voxels**2
 
 
-def sphere_image(lesion: np.ndarray, lesion_hu: float = 52.0) -> sitk.Image:
+def sphere_image(lesion: np.ndarray, lesion_hu: float = 44.0, seed: int = 0) -> sitk.Image:
     """Soft tissue of 40 HU with a lesion and noise, in 1 mm voxels. The default lesion
-    is too faint for change detection, so the tracker uses the engine."""
-    noise = np.random.default_rng(0).normal(0.0, 10.0, lesion.shape)
+    is fainter than the noise of the change between two images of other ``seed``, so
+    the tracker uses the engine."""
+    noise = np.random.default_rng(seed).normal(0.0, 10.0, lesion.shape)
     image = sitk.GetImageFromArray(np.where(lesion, lesion_hu, 40.0).astype(np.float32) + noise.astype(np.float32))
     image.SetOrigin((-20.0, -20.0, -20.0))
     return image
@@ -304,7 +305,7 @@ def test_box_follows_ideal_engine(change, radius_after):
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     after = sphere(shape, radius_after)
-    before_image, after_image = sphere_image(before), sphere_image(after)
+    before_image, after_image = sphere_image(before), sphere_image(after, seed=1)
     engine = IdealEngine({id(before_image): before, id(after_image): after})
 
     labels = before.astype(np.uint8) * 3
@@ -320,7 +321,7 @@ def test_empty_ideal_segmentation_disappeared():
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     gone = np.zeros(shape, dtype=bool)
-    before_image, gone_image = sphere_image(before), sphere_image(gone)
+    before_image, gone_image = sphere_image(before), sphere_image(gone, seed=1)
     engine = IdealEngine({id(before_image): before, id(gone_image): gone})
 
     labels = before.astype(np.uint8) * 3
@@ -340,7 +341,7 @@ def test_contrasted_sphere_change_detected(change, radius_after):
 
     labels = before.astype(np.uint8) * 3
 
-    result = track_lesions(sphere_image(before, 120.0), labels, sphere_image(after, 120.0), engine, sitk.Euler3DTransform())
+    result = track_lesions(sphere_image(before, 120.0), labels, sphere_image(after, 120.0, seed=1), engine, sitk.Euler3DTransform())
 
     tracked = result.followup_labels == 3
     assert result.lesions[3].status == "tracked", result.lesions[3].note
