@@ -7,7 +7,10 @@ runs in a thread, so the event loop keeps serving other requests.
 
 from __future__ import annotations
 
+import difflib
 import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import Request
@@ -34,6 +37,18 @@ async def read_form(request: Request) -> FormData:
         if type(error).__name__ == "_BodyTooLarge":
             raise
         raise InputError("body", f"is not a valid multipart form ({error})") from error
+
+
+def check_known_fields(form: FormData, known: Iterable[str]) -> None:
+    """Reject a form field that the endpoint does not read, so that a misspelled
+    field is named instead of silently ignored."""
+    known = sorted(known)
+    for field in form.keys():
+        if field in known:
+            continue
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise InputError(field, f"is not a field of this request.{hint} Known fields: {', '.join(known)}", code="unknown_field")
 
 
 def single_file(form: FormData, field: str, required: bool = True) -> UploadFile | None:
@@ -101,7 +116,8 @@ async def save_image_files(files: list[UploadFile], field: str, folder: Path, st
     """Store and check one image given as a volume file, or as DICOM zip(s) or files."""
     if len(files) == 1 and volume_suffix(files[0].filename or "") is not None:
         path = await save_volume_upload(files[0], folder, stem, field)
-        return await run_in_threadpool(check_volume_file, path, field)
+        with naming_file(files[0]):
+            return await run_in_threadpool(check_volume_file, path, field)
 
     raw = folder / f"{stem}_upload"
     raw.mkdir()
@@ -116,6 +132,17 @@ async def save_image_files(files: list[UploadFile], field: str, folder: Path, st
     if len(files) == 1:
         _check_single_file_kind(files[0].filename or "", paths[0], field)
     return await run_in_threadpool(check_dicom_upload, paths, folder, stem, series_uid, field)
+
+
+@contextmanager
+def naming_file(upload: UploadFile) -> Iterator[None]:
+    """Prefix the message of an InputError raised inside with the upload's file name,
+    because a request may carry several files in one field."""
+    try:
+        yield
+    except InputError as error:
+        name = upload.filename or "without a name"
+        raise InputError(error.field, f"file {name!r} {error.message}", code=error.code, status=error.status) from error
 
 
 def _check_single_file_kind(filename: str, path: Path, field: str) -> None:

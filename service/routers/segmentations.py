@@ -21,7 +21,7 @@ from service.engine_choice import choose_engine
 from service.image_references import REFERENCE_DESCRIPTION, STORE_SEG_DESCRIPTION, check_no_series_uid, check_one_image_source, check_store_seg, read_image_reference
 from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
-from service.uploads import optional_text, parse_bool, read_form, read_json_part, save_image_upload
+from service.uploads import check_known_fields, optional_text, parse_bool, read_form, read_json_part, save_image_upload
 
 router = APIRouter(prefix="/v1", tags=["segmentations"])
 logger = logging.getLogger("tumortrack.gateway")
@@ -69,6 +69,7 @@ async def create_segmentation(
 ) -> JSONResponse:
     """Segment every prompted lesion of one CT volume, uploaded or on a DICOMweb server."""
     form = await read_form(request)
+    check_known_fields(form, REQUEST_BODY["content"]["multipart/form-data"]["schema"]["properties"])
     admission = await admit_or_replay(context, tenant, idempotency_key, form)
     if admission.replay is not None:
         return admission.replay

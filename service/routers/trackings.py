@@ -28,7 +28,7 @@ from service.engine_choice import choose_engine
 from service.image_references import REFERENCE_DESCRIPTION, check_no_series_uid, check_one_image_source, check_store_seg, read_image_reference
 from service.job_submission import admit_or_replay, enqueue
 from service.schemas import ErrorResponse, JobAccepted
-from service.uploads import MAX_PROMPT_BYTES, optional_text, parse_bool, read_form, read_json_part, save_image_files, save_image_upload, save_volume_upload, single_file
+from service.uploads import MAX_PROMPT_BYTES, check_known_fields, naming_file, optional_text, parse_bool, read_form, read_json_part, save_image_files, save_image_upload, save_volume_upload, single_file
 
 router = APIRouter(prefix="/v1", tags=["trackings"])
 logger = logging.getLogger("tumortrack.gateway")
@@ -78,6 +78,7 @@ async def create_tracking(
 ) -> JSONResponse:
     """Track the baseline's lesions through each follow-up: masks with stable ids, correspondence and RECIST 1.1."""
     form = await read_form(request)
+    check_known_fields(form, REQUEST_BODY["content"]["multipart/form-data"]["schema"]["properties"])
     admission = await admit_or_replay(context, tenant, idempotency_key, form)
     if admission.replay is not None:
         return admission.replay
@@ -93,8 +94,10 @@ async def create_tracking(
     check_store_seg(store_seg, has_reference=baseline_reference is not None or any(isinstance(source, DicomwebReference) for source in followup_sources))
     engine = choose_engine(context, optional_text(form, "engine"))
     tta = parse_bool(optional_text(form, "test_time_augmentation"), "test_time_augmentation")
-    if (prompts_raw is None) == (mask_upload is None):
-        raise InputError("prompts", "give exactly one of 'prompts' (baseline prompt JSON) or 'baseline_mask' (instance label volume)", code="missing_field")
+    if prompts_raw is None and mask_upload is None:
+        raise InputError("prompts", "is missing: give 'prompts' (baseline prompt JSON) or 'baseline_mask' (instance label volume)", code="missing_field")
+    if prompts_raw is not None and mask_upload is not None:
+        raise InputError("baseline_mask", "cannot go with 'prompts': give one of them for the baseline's lesions", code="conflicting_fields")
     if baseline_reference is not None and mask_upload is not None:
         raise InputError("baseline_mask", "needs an uploaded baseline, because its grid is checked against the baseline's before the job is queued; send 'prompts' with baseline_reference", code="conflicting_fields")
 
@@ -187,7 +190,8 @@ async def _store_inputs(form, inputs, baseline_reference, followup_sources, prom
         options["prompts_file"] = "baseline_prompts.json"
     else:
         mask_path = await save_volume_upload(mask_upload, inputs, "baseline_mask", "baseline_mask")
-        mask_geometry = await run_in_threadpool(read_volume_header, mask_path, "baseline_mask")
+        with naming_file(mask_upload):
+            mask_geometry = await run_in_threadpool(read_volume_header, mask_path, "baseline_mask")
         _check_same_grid(mask_geometry, baseline.geometry)
         options["mask_file"] = mask_path.name
     return options

@@ -34,7 +34,11 @@ def assert_error(response, status, field, code=None):
 def test_not_an_image(client, tmp_path):
     path = tmp_path / "report.nii.gz"
     path.write_bytes(gzip.compress(b"not a nifti header at all" * 20))
-    assert_error(post(client, path), 422, "image", "unreadable_image")
+
+    response = post(client, path)
+
+    assert_error(response, 422, "image", "unreadable_image")
+    assert "'report.nii.gz'" in response.json()["error"]["message"]
 
 
 def test_unsupported_suffix(client, tmp_path):
@@ -68,6 +72,15 @@ def test_4d_image_with_one_volume_is_accepted(client, tmp_path):
 def test_missing_image(client):
     response = client.post("/v1/segmentations", files={"prompts": ("p.json", json.dumps(POINT).encode())})
     assert_error(response, 422, "image", "missing_field")
+
+
+def test_misspelled_field(client, small_ct):
+    files = {"imgae": (small_ct.name, small_ct.read_bytes())}
+
+    response = client.post("/v1/segmentations", files=files, data={"prompts": json.dumps(POINT)})
+
+    assert_error(response, 422, "imgae", "unknown_field")
+    assert "Did you mean 'image'?" in response.json()["error"]["message"]
 
 
 def test_missing_prompts(client, small_ct):

@@ -112,8 +112,10 @@ def test_tracking_with_prompts_and_new_lesion_click(client, pair, tmp_path):
         ({"followups": None}, "followups", "missing_field"),
         ({"followup_prompts": ["{}", "{}"]}, "followup_prompts", None),
         ({"mask_shape": (5, 6, 7)}, "baseline_mask", "geometry_mismatch"),
+        ({"mask_shape": (5, 6, 7), "keep_prompts": True}, "baseline_mask", "conflicting_fields"),
+        ({"extra": {"followup_promts": "{}"}}, "followup_promts", "unknown_field"),
     ],
-    ids=["no baseline lesions", "no follow-up", "prompt count mismatch", "mask on another grid"],
+    ids=["no baseline lesions", "no follow-up", "prompt count mismatch", "mask on another grid", "prompts and mask", "misspelled field"],
 )
 def test_tracking_bad_input(client, small_ct, tmp_path, fields, field, code):
     files = [("baseline", (small_ct.name, small_ct.read_bytes()))]
@@ -122,12 +124,14 @@ def test_tracking_bad_input(client, small_ct, tmp_path, fields, field, code):
     data = {}
     if "prompts" not in fields:
         data["prompts"] = json.dumps({"frame": "voxel", "lesions": [{"id": 1, "point": {"x": 20, "y": 15, "z": 10}}]})
-    if "mask_shape" in fields:
+    if "mask_shape" in fields and not fields.get("keep_prompts"):
         del data["prompts"]
+    if "mask_shape" in fields:
         mask = write_image(tmp_path / "mask.nii.gz", np.ones(fields["mask_shape"], np.uint8))
         files.append(("baseline_mask", (mask.name, mask.read_bytes())))
     if "followup_prompts" in fields:
         files += [("followup_prompts", (None, value)) for value in fields["followup_prompts"]]
+    data.update(fields.get("extra", {}))
 
     response = client.post("/v1/trackings", files=files, data=data)
 
