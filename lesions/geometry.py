@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from lesions.errors import InputError
+
+# A label map must lie on its image's grid. Header values may differ by rounding only.
+GEOMETRY_TOLERANCE = 1e-3
+
 
 @dataclass(frozen=True)
 class ImageGeometry:
@@ -54,6 +59,23 @@ class ImageGeometry:
 
     def as_dict(self) -> dict:
         return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+
+def check_same_grid(labels: ImageGeometry, image: ImageGeometry, field: str, image_name: str) -> None:
+    """Raise InputError (geometry_mismatch) unless the label map ``labels`` lies on the grid of ``image``."""
+    same = (
+        labels.size == image.size
+        and np.allclose(labels.spacing, image.spacing, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE)
+        and np.allclose(labels.origin, image.origin, atol=GEOMETRY_TOLERANCE * max(image.spacing) * 10)
+        and np.allclose(labels.direction, image.direction, atol=GEOMETRY_TOLERANCE)
+    )
+    if not same:
+        message = (
+            f"is not on the {image_name}'s grid: mask size {list(labels.size)} spacing {np.round(labels.spacing, 4).tolist()} "
+            f"origin {np.round(labels.origin, 3).tolist()}, {image_name} size {list(image.size)} "
+            f"spacing {np.round(image.spacing, 4).tolist()} origin {np.round(image.origin, 3).tolist()}"
+        )
+        raise InputError(field, message, code="geometry_mismatch")
 
 
 def _direction_3d(direction: tuple[float, ...]) -> tuple[float, ...]:

@@ -28,7 +28,7 @@ from lesions.deferred_prompts import resolve_stored_prompts
 from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
 from lesions.dicomweb_reference import REFERENCE_KIND
 from lesions.errors import EngineUnavailable, InputError
-from lesions.geometry import ImageGeometry
+from lesions.geometry import ImageGeometry, check_same_grid
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import read_label_volume, write_label_map
 from lesions.label_map import compose_instances
@@ -146,7 +146,9 @@ def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_o
         labels, _ = compose_instances(masks, shape)
         return labels, {prompt.lesion_id: prompt.describe() for prompt in prompts}
 
-    mask = sitk.GetArrayFromImage(read_label_volume(inputs / options["mask_file"], "baseline_mask"))
+    mask_image = read_label_volume(inputs / options["mask_file"], "baseline_mask")
+    check_same_grid(ImageGeometry.of(mask_image), ImageGeometry.of(image), "baseline_mask", "baseline")
+    mask = sitk.GetArrayFromImage(mask_image)
     ids = [int(v) for v in np.unique(mask) if v != 0]
     if not ids:
         raise InputError("baseline_mask", "contains no lesion (every voxel is 0)")

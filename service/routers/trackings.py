@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +15,7 @@ from starlette.datastructures import UploadFile
 from lesions.deferred_prompts import store_unresolved_prompts
 from lesions.dicomweb_reference import DicomwebReference, parse_dicomweb_reference
 from lesions.errors import InputError
-from lesions.geometry import ImageGeometry
+from lesions.geometry import ImageGeometry, check_same_grid
 from lesions.image_inputs import CheckedImage
 from lesions.image_io import read_volume_header
 from lesions.jobs import JobRecord, new_job_id, utcnow
@@ -34,8 +33,6 @@ router = APIRouter(prefix="/v1", tags=["trackings"])
 logger = logging.getLogger("tumortrack.gateway")
 
 MAX_FOLLOWUPS = 20
-# A prior mask must lie on the baseline's grid; header values may differ by rounding only.
-GEOMETRY_TOLERANCE = 1e-3
 
 REQUEST_BODY = {
     "required": True,
@@ -98,8 +95,6 @@ async def create_tracking(
         raise InputError("prompts", "is missing: give 'prompts' (baseline prompt JSON) or 'baseline_mask' (instance label volume)", code="missing_field")
     if prompts_raw is not None and mask_upload is not None:
         raise InputError("baseline_mask", "cannot go with 'prompts': give one of them for the baseline's lesions", code="conflicting_fields")
-    if baseline_reference is not None and mask_upload is not None:
-        raise InputError("baseline_mask", "needs an uploaded baseline, because its grid is checked against the baseline's before the job is queued; send 'prompts' with baseline_reference", code="conflicting_fields")
 
     job_id = new_job_id()
     inputs = context.store.create(job_id)
@@ -192,7 +187,10 @@ async def _store_inputs(form, inputs, baseline_reference, followup_sources, prom
         mask_path = await save_volume_upload(mask_upload, inputs, "baseline_mask", "baseline_mask")
         with naming_file(mask_upload):
             mask_geometry = await run_in_threadpool(read_volume_header, mask_path, "baseline_mask")
-        _check_same_grid(mask_geometry, baseline.geometry)
+        # A referenced baseline's grid is known only once the worker has retrieved
+        # it, so the worker checks the mask against it then.
+        if baseline.geometry is not None:
+            check_same_grid(mask_geometry, baseline.geometry, "baseline_mask", "baseline")
         options["mask_file"] = mask_path.name
     return options
 
@@ -204,14 +202,3 @@ def _store_prompts(raw: bytes, geometry: ImageGeometry | None, resolved: Path, f
         return
     prompts = parse_prompts(raw, geometry, field=field)
     resolved.write_text(json.dumps({"lesions": [prompt_to_dict(p) for p in prompts]}))
-
-
-def _check_same_grid(mask: ImageGeometry, image: ImageGeometry) -> None:
-    same = (
-        mask.size == image.size
-        and np.allclose(mask.spacing, image.spacing, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE)
-        and np.allclose(mask.origin, image.origin, atol=GEOMETRY_TOLERANCE * max(image.spacing) * 10)
-        and np.allclose(mask.direction, image.direction, atol=GEOMETRY_TOLERANCE)
-    )
-    if not same:
-        raise InputError("baseline_mask", f"is not on the baseline's grid: mask size {list(mask.size)} spacing {np.round(mask.spacing, 4).tolist()} origin {np.round(mask.origin, 3).tolist()}, baseline size {list(image.size)} spacing {np.round(image.spacing, 4).tolist()} origin {np.round(image.origin, 3).tolist()}", code="geometry_mismatch")

@@ -329,14 +329,45 @@ def test_tracking_by_reference_stores_both_segs(pacs_client, sarcoma, followup_s
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
 
 
-def test_tracking_mask_with_referenced_baseline(pacs_client, sarcoma):
-    mask = require_shared("data", "ibsi_sts_019") / "ct_mask.nii.gz"
+def mask_upload(labels: np.ndarray, grid: sitk.Image, tmp_path) -> tuple[str, tuple[str, bytes]]:
+    """Return a multipart part with ``labels`` written on the geometry of ``grid``."""
+    image = sitk.GetImageFromArray(labels.astype(np.uint8))
+    image.CopyInformation(grid)
+    path = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return ("baseline_mask", (path.name, path.read_bytes()))
+
+
+def test_tracking_mask_with_referenced_baseline(pacs_client, sarcoma, followup_series, tmp_path):
+    # The grid of the series as a DICOM reader builds it, which the mask must match.
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(path) for path in sarcoma["files"]])
+    series = reader.Execute()
+    fields = [("baseline_reference", reference(sarcoma=sarcoma)), ("followup_references", reference(series_uid=followup_series["series_uid"], sarcoma=sarcoma))]
+
+    response = submit_tracking(pacs_client, fields, files=[mask_upload(sarcoma["truth"] > 0, series, tmp_path)])
+    assert response.status_code == 202, response.text
+    job = wait_for_job(pacs_client, response.json()["id"])
+
+    assert job["state"] == "succeeded", job["error"]
+    path = tmp_path / "mask_t0.nii.gz"
+    path.write_bytes(pacs_client.get(f"/v1/jobs/{job['id']}/artifacts/mask_t0.nii.gz").content)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0, sarcoma["truth"] > 0)
+    [followup] = pacs_client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.json").json()["followups"]
+    assert [(row["lesion_id"], row["status"]) for row in followup["lesions"]] == [(1, "tracked")]
+
+
+def test_tracking_mask_off_referenced_grid_fails_job(pacs_client, sarcoma, tmp_path):
+    grid = sitk.Image([7, 6, 5], sitk.sitkUInt8)
     fields = [("baseline_reference", reference(sarcoma=sarcoma)), ("followup_references", reference(sarcoma=sarcoma))]
 
-    response = submit_tracking(pacs_client, fields, files=[("baseline_mask", ("mask.nii.gz", mask.read_bytes()))])
+    response = submit_tracking(pacs_client, fields, files=[mask_upload(np.ones((5, 6, 7)), grid, tmp_path)])
+    assert response.status_code == 202, response.text
+    job = wait_for_job(pacs_client, response.json()["id"])
 
-    assert response.status_code == 422
-    assert response.json()["error"]["field"] == "baseline_mask"
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "geometry_mismatch"
+    assert job["error"]["message"].startswith("baseline_mask: is not on the baseline's grid")
 
 
 def test_tracking_followup_uploads_and_references(pacs_client, sarcoma):
