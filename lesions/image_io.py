@@ -52,6 +52,10 @@ def read_volume(path: Path, field: str = "image") -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
+# Label maps are written as UInt16, so lesion ids must fit in it.
+MAX_LABEL = 65535
+
+
 def read_volume_header(path: Path, field: str = "image") -> ImageGeometry:
     """Check a volume file without reading its voxels and return its geometry.
 
@@ -81,7 +85,7 @@ def read_volume_header(path: Path, field: str = "image") -> ImageGeometry:
 
 
 def read_label_volume(path: Path, field: str) -> sitk.Image:
-    """Read an integer label volume (a prior mask), keeping its labels."""
+    """Read a label volume (a prior mask) with at least one lesion, keeping its labels as UInt16."""
     image = _read_with_itk(path, field)
     image = _drop_singleton_fourth_axis(image, field)
     if image.GetDimension() != 3:
@@ -90,6 +94,10 @@ def read_label_volume(path: Path, field: str) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)) or array.min() < 0:
         raise InputError(field, "must contain non-negative integer labels only")
+    if array.max() > MAX_LABEL:
+        raise InputError(field, f"contains label {array.max():.0f}, but lesion ids run from 1 to {MAX_LABEL}")
+    if array.max() == 0:
+        raise InputError(field, "contains no lesion (every voxel is 0)")
     return sitk.Cast(image, sitk.sitkUInt16)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,11 +56,14 @@ def render_preview(
     labels: np.ndarray,
     measurements: Sequence[LesionMeasurement],
     title: str = "",
+    statuses: Mapping[int, str] | None = None,
 ) -> bytes:
     """Render one tile per measurement (a single "no lesions" tile when there are none)
     and return the sheet as PNG bytes.
 
     ``labels`` is the instance label map [z, y, x] that ``measurements`` came from.
+    ``statuses`` gives a tracking status per lesion id, shown for a lesion without
+    voxels in place of "not found".
     Raises ValueError when the image is not 3D or ``labels`` has another shape.
     """
     if image.GetDimension() != 3:
@@ -71,7 +74,8 @@ def render_preview(
 
     font = ImageFont.load_default(size=FONT_SIZE_PX)
     if measurements:
-        tiles = [_render_tile(image, labels, measurement, font) for measurement in measurements]
+        statuses = statuses or {}
+        tiles = [_render_tile(image, labels, measurement, font, statuses.get(measurement.lesion_id)) for measurement in measurements]
     else:
         tiles = [_message_tile(["no lesions"], "no lesions", font)]
     sheet = _arrange_grid(tiles, title, font)
@@ -81,10 +85,10 @@ def render_preview(
     return output.getvalue()
 
 
-def lesion_caption(measurement: LesionMeasurement) -> str:
-    """Return the caption under a lesion's tile."""
+def lesion_caption(measurement: LesionMeasurement, status: str | None = None) -> str:
+    """Return the caption under a lesion's tile; ``status`` replaces "not found" for a lesion without voxels."""
     if not measurement.found:
-        return f"lesion {measurement.lesion_id}: not found"
+        return f"lesion {measurement.lesion_id}: {(status or 'not found').replace('_', ' ')}"
     return (
         f"lesion {measurement.lesion_id}: LA {measurement.long_axis_mm:.1f} mm, "
         f"SA {measurement.short_axis_mm:.1f} mm, V {measurement.volume_ml:.1f} ml"
@@ -92,11 +96,11 @@ def lesion_caption(measurement: LesionMeasurement) -> str:
 
 
 def _render_tile(
-    image: sitk.Image, labels: np.ndarray, measurement: LesionMeasurement, font: ImageFont.ImageFont
+    image: sitk.Image, labels: np.ndarray, measurement: LesionMeasurement, font: ImageFont.ImageFont, status: str | None
 ) -> Image.Image:
     # NOTE: the slice is shown in index order and not reoriented, so a flipped or oblique
     # direction shows a mirrored or rotated view rather than the radiological one.
-    caption = lesion_caption(measurement)
+    caption = lesion_caption(measurement, status)
     if not measurement.found:
         lines = [caption, measurement.prompt] if measurement.prompt else [caption]
         return _message_tile(lines, caption, font)

@@ -11,6 +11,9 @@ Conventions:
 - The response covers the target lesions and new lesions only. Non-target lesions
   and their unequivocal progression are not assessed, so a CR here means "all target
   lesions gone and no new lesion", not a full RECIST complete response.
+- A target lesion that could not be measured at a follow-up (outside the field of
+  view, cut by its edge, or not found by the tracker) makes the response NE (not
+  evaluable), unless the lesions that were measured already show progression.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Literal
 
 from lesions.measurements import LesionMeasurement
 
-Response = Literal["CR", "PR", "SD", "PD"]
+Response = Literal["CR", "PR", "SD", "PD", "NE"]
 
 # A non-nodal lesion is measurable from a long axis of 10 mm on CT with slices of
 # 5 mm or thinner. Thicker slices raise the minimum to twice the slice thickness.
@@ -59,6 +62,7 @@ class Assessment:
     change_from_nadir_mm: float
     change_from_nadir_percent: float | None
     new_lesions: int
+    not_evaluable_targets: int = 0
 
 
 def select_target_lesions(
@@ -108,6 +112,7 @@ def assess(
     current_sum: float,
     new_lesions: int,
     all_targets_gone: bool,
+    not_evaluable_targets: int = 0,
 ) -> Assessment:
     """Assess the RECIST 1.1 response of one follow-up from target-lesion sums in mm.
 
@@ -117,15 +122,19 @@ def assess(
 
     - PD: at least one new lesion, or a sum at least ``PROGRESSION_INCREASE_PERCENT``
       above the nadir that is also at least ``PROGRESSION_MIN_INCREASE_MM`` above it.
+      A target that was not measured adds 0 mm, so this rule applies whatever it measures.
+    - NE: ``not_evaluable_targets`` target lesions could not be measured.
     - CR: every target lesion has disappeared.
     - PR: a sum at least ``PARTIAL_RESPONSE_DECREASE_PERCENT`` below the baseline sum.
     - SD: otherwise.
 
     Raises ValueError when a sum is negative, the baseline sum is 0 (no target
     lesion), ``new_lesions`` is negative, or ``all_targets_gone`` is True while
-    ``current_sum`` is not 0.
+    ``current_sum`` is not 0, or ``not_evaluable_targets`` is negative.
     """
     _validate_assess_inputs(baseline_sum, history_sums, current_sum, new_lesions, all_targets_gone)
+    if not_evaluable_targets < 0:
+        raise ValueError(f"not_evaluable_targets must not be negative, got {not_evaluable_targets}")
 
     nadir = min([baseline_sum, *history_sums])
     from_baseline = current_sum - baseline_sum
@@ -134,7 +143,7 @@ def assess(
     from_nadir_percent = _percent(from_nadir, nadir)
 
     response, reason = _decide_response(
-        nadir, from_nadir, from_nadir_percent, from_baseline_percent, new_lesions, all_targets_gone
+        nadir, from_nadir, from_nadir_percent, from_baseline_percent, new_lesions, all_targets_gone, not_evaluable_targets
     )
     return Assessment(
         response=response,
@@ -147,6 +156,7 @@ def assess(
         change_from_nadir_mm=float(from_nadir),
         change_from_nadir_percent=from_nadir_percent,
         new_lesions=new_lesions,
+        not_evaluable_targets=not_evaluable_targets,
     )
 
 
@@ -179,6 +189,7 @@ def _decide_response(
     from_baseline_percent: float,
     new_lesions: int,
     all_targets_gone: bool,
+    not_evaluable_targets: int,
 ) -> tuple[Response, str]:
     if new_lesions > 0:
         return "PD", f"{new_lesions} new lesion(s)"
@@ -188,6 +199,9 @@ def _decide_response(
     rose_by_mm = from_nadir >= PROGRESSION_MIN_INCREASE_MM - _THRESHOLD_TOLERANCE
     if rose_by_percent and rose_by_mm:
         return "PD", f"sum rose {from_nadir:.1f} mm over the nadir of {nadir:.1f} mm"
+
+    if not_evaluable_targets:
+        return "NE", f"{not_evaluable_targets} target lesion(s) could not be measured at this follow-up"
 
     if all_targets_gone:
         return "CR", "all target lesions disappeared"

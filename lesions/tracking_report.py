@@ -3,12 +3,16 @@
 The input per time point is its lesion table, keyed by lesion id, with the
 same id at every time point. Per follow-up it also takes, for each lesion the
 tracker carried over, its status ("tracked", "disappeared", "not_found",
-"outside_field_of_view"), a note, and the volume of the previous mask carried
-onto the follow-up by the registration. It also takes the ids that are new
-there. The carried volume is what an unchanged lesion would measure, so it
+"outside_field_of_view"), a note, the volume of the previous mask carried
+onto the follow-up by the registration, and the fraction of that mask inside
+the follow-up's field of view. It also takes the ids that are new there. The carried volume is what an unchanged lesion would measure, so it
 separates real change from the engine's segmentation error. Changes
 compare each follow-up with the time point just before it and with the
 baseline.
+
+A target lesion is not evaluable at a follow-up when it was outside the field
+of view, cut by its edge, or not found there, or when it has not been seen since
+one of these. The RECIST response is then NE unless progression is already shown.
 """
 
 from __future__ import annotations
@@ -30,24 +34,41 @@ CSV_COLUMNS = [
     "baseline_volume_ml", "volume_change_from_baseline_percent",
 ]
 
+# A lesion with less of its carried mask inside the follow-up's field of view is
+# cut by the edge, so its diameters and volume are not a measurement of all of it.
+MIN_MEASURED_FRACTION = 0.99
+# Statuses after which the lesion's state is unknown rather than gone.
+UNKNOWN_STATUSES = ("outside_field_of_view", "not_found")
+
+Track = tuple[str, str, float, float]
+
 
 def build_correspondence(
     measurements: Sequence[Sequence[LesionMeasurement]],
-    tracks: Sequence[dict[int, tuple[str, str, float]]],
+    tracks: Sequence[dict[int, Track]],
     new_ids: Sequence[Sequence[int]],
     slice_thickness_mm: float | None = None,
 ) -> dict:
-    """Return the correspondence document: target lesions, and per follow-up one row per lesion and the RECIST assessment."""
+    """Return the correspondence document: target lesions, and per follow-up one row per lesion and the RECIST assessment.
+
+    ``tracks`` has per follow-up {lesion id: (status, note, carried volume in ml,
+    fraction of the carried mask inside the field of view)}.
+    """
     by_id = [{m.lesion_id: m for m in table} for table in measurements]
     targets = select_target_lesions(list(measurements[0]), slice_thickness_mm)
     baseline_sum = sum_of_diameters(list(measurements[0]), targets)
 
     followups, sums = [], []
+    unknown: set[int] = set()
     for index in range(1, len(measurements)):
-        rows = [_row(index, lesion_id, by_id, tracks[index - 1], new_ids[index - 1], targets) for lesion_id in sorted(by_id[index])]
+        rows = [_row(index, lesion_id, by_id, tracks[index - 1], new_ids[index - 1], targets, unknown) for lesion_id in sorted(by_id[index])]
+        not_evaluable = [row["lesion_id"] for row in rows if row["target"] and _not_evaluable(row, tracks[index - 1])]
         current_sum = sum_of_diameters(list(measurements[index]), targets)
-        recist = _assessment(baseline_sum, sums, current_sum, len(new_ids[index - 1]), targets, by_id[index])
-        sums.append(current_sum)
+        recist = _assessment(baseline_sum, sums, current_sum, len(new_ids[index - 1]), targets, by_id[index], not_evaluable)
+        # A sum that misses a lesion is no nadir: it would make later sums look like growth.
+        if not not_evaluable:
+            sums.append(current_sum)
+        unknown = {row["lesion_id"] for row in rows if row["status"] in UNKNOWN_STATUSES or (row["status"] == "absent" and row["lesion_id"] in unknown)}
         followups.append({"timepoint": index, "mask": f"mask_t{index}.nii.gz", "lesions": rows, "recist": recist})
 
     return {
@@ -83,11 +104,11 @@ def stitch_previews(previews: Sequence[bytes]) -> bytes:
     return output.getvalue()
 
 
-def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, tuple[str, str, float]], new_ids: Sequence[int], targets: list[int]) -> dict:
+def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, Track], new_ids: Sequence[int], targets: list[int], unknown: set[int]) -> dict:
     current = by_id[index].get(lesion_id)
     previous = by_id[index - 1].get(lesion_id)
     baseline = by_id[0].get(lesion_id)
-    status, note = _status(lesion_id, current, previous, tracks, new_ids)
+    status, note = _status(lesion_id, current, previous, tracks, new_ids, unknown)
     carried = tracks[lesion_id][2] if lesion_id in tracks else None
 
     return {
@@ -112,22 +133,36 @@ def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, tuple[
     }
 
 
-def _status(lesion_id, current, previous, tracks, new_ids) -> tuple[str, str]:
+def _status(lesion_id, current, previous, tracks, new_ids, unknown) -> tuple[str, str]:
     if lesion_id in new_ids:
         return "new", "clicked at this follow-up and not overlapping any tracked lesion"
     if lesion_id in tracks:
         return tracks[lesion_id][:2]
+    if lesion_id in unknown:
+        return "absent", "not tracked since it was outside the field of view or not found; its state is unknown"
     if previous is None or not previous.found:
         return "absent", "already gone at the previous time point"
     return ("tracked", "") if current is not None and current.found else ("disappeared", "")
 
 
-def _assessment(baseline_sum: float, history: list[float], current_sum: float, new_lesions: int, targets: list[int], current: dict) -> dict:
+def _not_evaluable(row: dict, tracks: dict[int, Track]) -> bool:
+    """Return whether the row's lesion was not measured whole at this follow-up."""
+    if row["status"] in UNKNOWN_STATUSES:
+        return True
+    if row["status"] == "absent":
+        return row["note"].startswith("not tracked since")
+    track = tracks.get(row["lesion_id"])
+    return row["status"] == "tracked" and track is not None and track[3] < MIN_MEASURED_FRACTION
+
+
+def _assessment(baseline_sum: float, history: list[float], current_sum: float, new_lesions: int, targets: list[int], current: dict, not_evaluable: list[int]) -> dict:
     if not targets:
         return {"response": None, "reason": "not assessable: no measurable baseline lesion (long axis of at least 10 mm)"}
     gone = all(current.get(i) is None or not current[i].found for i in targets)
-    assessment = assess(baseline_sum, history, current_sum, new_lesions, gone)
-    return {key: getattr(assessment, key) for key in assessment.__dataclass_fields__}
+    assessment = assess(baseline_sum, history, current_sum, new_lesions, gone and not not_evaluable, len(not_evaluable))
+    result = {key: getattr(assessment, key) for key in assessment.__dataclass_fields__}
+    result["not_evaluable_target_ids"] = not_evaluable
+    return result
 
 
 def _value(measurement: LesionMeasurement | None, name: str) -> float | None:

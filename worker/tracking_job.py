@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from lesions.deferred_prompts import resolve_stored_prompts
 from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
 from lesions.dicomweb_reference import REFERENCE_KIND
-from lesions.errors import EngineUnavailable, InputError
+from lesions.errors import EngineUnavailable
 from lesions.geometry import ImageGeometry, check_same_grid
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import read_label_volume, write_label_map
@@ -150,8 +150,6 @@ def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_o
     check_same_grid(ImageGeometry.of(mask_image), ImageGeometry.of(image), "baseline_mask", "baseline")
     mask = sitk.GetArrayFromImage(mask_image)
     ids = [int(v) for v in np.unique(mask) if v != 0]
-    if not ids:
-        raise InputError("baseline_mask", "contains no lesion (every voxel is 0)")
     if ids == [1]:
         # A binary mask: every connected component is one lesion.
         mask = cc3d.connected_components(mask > 0, connectivity=26).astype(np.uint16)
@@ -193,6 +191,14 @@ def export_tracking(context: JobContext, timepoints: list[TimePoint], sources: d
     store, job_id = context.runtime.store, context.job_id
     previews = []
 
+    correspondence = build_correspondence(
+        [t.measurements for t in timepoints],
+        [{lesion_id: (track.status, track.note, track.warped_volume_ml, track.fraction_inside_field_of_view) for lesion_id, track in t.tracks.items()} for t in timepoints[1:]],
+        [t.new_ids for t in timepoints[1:]],
+        slice_thickness_mm=timepoints[0].loaded.image.GetSpacing()[2],
+    )
+    statuses = [{}] + [{row["lesion_id"]: row["status"] for row in followup["lesions"]} for followup in correspondence["followups"]]
+
     for index, timepoint in enumerate(timepoints):
         image = timepoint.loaded.image
         with store.staged_artifact(job_id, f"mask_t{index}.nii.gz") as path:
@@ -200,19 +206,13 @@ def export_tracking(context: JobContext, timepoints: list[TimePoint], sources: d
         table = lesions_to_json(timepoint.measurements, extra={"job_id": job_id, "timepoint": index, "engine": context.record.engine})
         store.write_artifact(job_id, f"lesions_t{index}.json", json.dumps(table, indent=2).encode())
         store.write_artifact(job_id, f"lesions_t{index}.csv", lesions_to_csv(timepoint.measurements).encode())
-        preview = render_preview(image, timepoint.labels, timepoint.measurements, title=f"t{index}")
+        preview = render_preview(image, timepoint.labels, timepoint.measurements, title=f"t{index}", statuses=statuses[index])
         store.write_artifact(job_id, f"preview_t{index}.png", preview)
         previews.append(preview)
         if timepoint.loaded.dicom is not None:
             with store.staged_artifact(job_id, f"seg_t{index}.dcm") as path:
                 write_dicom_seg(timepoint.labels, timepoint.loaded.dicom, sorted(sources), path, uids=derived_seg_uids(job_id, f"seg_t{index}.dcm"))
 
-    correspondence = build_correspondence(
-        [t.measurements for t in timepoints],
-        [{lesion_id: (track.status, track.note, track.warped_volume_ml) for lesion_id, track in t.tracks.items()} for t in timepoints[1:]],
-        [t.new_ids for t in timepoints[1:]],
-        slice_thickness_mm=timepoints[0].loaded.image.GetSpacing()[2],
-    )
     store.write_artifact(job_id, "correspondence.json", json.dumps(correspondence, indent=2).encode())
     store.write_artifact(job_id, "correspondence.csv", correspondence_to_csv(correspondence).encode())
     store.write_artifact(job_id, "preview.png", stitch_previews(previews))

@@ -17,7 +17,7 @@ from lesions.dicomweb_reference import DicomwebReference, parse_dicomweb_referen
 from lesions.errors import InputError
 from lesions.geometry import ImageGeometry, check_same_grid
 from lesions.image_inputs import CheckedImage
-from lesions.image_io import read_volume_header
+from lesions.image_io import read_label_volume, read_volume_header
 from lesions.jobs import JobRecord, new_job_id, utcnow
 from lesions.prompt_types import prompt_to_dict
 from lesions.prompts import parse_prompts
@@ -187,6 +187,9 @@ async def _store_inputs(form, inputs, baseline_reference, followup_sources, prom
         mask_path = await save_volume_upload(mask_upload, inputs, "baseline_mask", "baseline_mask")
         with naming_file(mask_upload):
             mask_geometry = await run_in_threadpool(read_volume_header, mask_path, "baseline_mask")
+            # A mask is read whole here, unlike an image, so that an empty mask or one
+            # with labels that are not lesion ids is answered at once.
+            await run_in_threadpool(read_label_volume, mask_path, "baseline_mask")
         # A referenced baseline's grid is known only once the worker has retrieved
         # it, so the worker checks the mask against it then.
         if baseline.geometry is not None:

@@ -80,9 +80,31 @@ def test_tracking_with_baseline_mask(client, pair, tmp_path):
     # The follow-up is the baseline shifted by whole voxels, so the carried masks keep their volumes.
     for row in rows:
         assert row["carried_volume_ml"] == pytest.approx(row["previous_volume_ml"], rel=0.05)
-    assert document["followups"][0]["recist"]["response"] in ("SD", "PR", "PD", "CR")
+    assert document["followups"][0]["recist"]["response"] == "SD"
     csv_rows = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.csv").text)))
     assert len(csv_rows) == 5
+
+
+def test_lesion_outside_field_of_view_not_evaluable(client, pair, tmp_path):
+    # Cut the follow-up just below the organ that starts highest in z, so that this
+    # organ lies wholly outside the follow-up's field of view.
+    followup = sitk.ReadImage(str(pair["followup"]))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pair["truth"])))
+    first_slices = {lesion_id: int(np.nonzero(np.any(truth == lesion_id, axis=(1, 2)))[0].min()) for lesion_id in range(1, 6)}
+    gone_id = max(first_slices, key=first_slices.get)
+    cut = write_image(tmp_path / "cut.nii.gz", sitk.GetArrayFromImage(followup)[: first_slices[gone_id]], spacing=followup.GetSpacing(), origin=followup.GetOrigin(), direction=followup.GetDirection())
+    files = [("baseline", ("bl.nii.gz", pair["baseline"].read_bytes())), ("followups", ("fu.nii.gz", cut.read_bytes())), ("baseline_mask", ("mask.nii.gz", pair["mask"].read_bytes()))]
+
+    response = client.post("/v1/trackings", files=files)
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["id"], timeout_s=600)
+
+    assert job["state"] == "succeeded", job["error"]
+    [followup_result] = client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.json").json()["followups"]
+    statuses = {row["lesion_id"]: row["status"] for row in followup_result["lesions"]}
+    assert statuses[gone_id] == "outside_field_of_view"
+    assert followup_result["recist"]["response"] == "NE"
+    assert gone_id in followup_result["recist"]["not_evaluable_target_ids"]
 
 
 def test_tracking_with_prompts_and_new_lesion_click(client, pair, tmp_path):
@@ -114,8 +136,15 @@ def test_tracking_with_prompts_and_new_lesion_click(client, pair, tmp_path):
         ({"mask_shape": (5, 6, 7)}, "baseline_mask", "geometry_mismatch"),
         ({"mask_shape": (5, 6, 7), "keep_prompts": True}, "baseline_mask", "conflicting_fields"),
         ({"extra": {"followup_promts": "{}"}}, "followup_promts", "unknown_field"),
+        ({"mask_values": np.zeros((20, 30, 40))}, "baseline_mask", None),
+        ({"mask_values": np.full((20, 30, 40), 0.5)}, "baseline_mask", None),
+        ({"mask_values": np.full((20, 30, 40), -1.0)}, "baseline_mask", None),
+        ({"mask_values": np.full((20, 30, 40), 70000.0)}, "baseline_mask", None),
     ],
-    ids=["no baseline lesions", "no follow-up", "prompt count mismatch", "mask on another grid", "prompts and mask", "misspelled field"],
+    ids=[
+        "no baseline lesions", "no follow-up", "prompt count mismatch", "mask on another grid", "prompts and mask", "misspelled field",
+        "empty mask", "fractional labels", "negative labels", "label over 65535",
+    ],
 )
 def test_tracking_bad_input(client, small_ct, tmp_path, fields, field, code):
     files = [("baseline", (small_ct.name, small_ct.read_bytes()))]
@@ -128,6 +157,10 @@ def test_tracking_bad_input(client, small_ct, tmp_path, fields, field, code):
         del data["prompts"]
     if "mask_shape" in fields:
         mask = write_image(tmp_path / "mask.nii.gz", np.ones(fields["mask_shape"], np.uint8))
+        files.append(("baseline_mask", (mask.name, mask.read_bytes())))
+    if "mask_values" in fields:
+        del data["prompts"]
+        mask = write_image(tmp_path / "mask.nii.gz", fields["mask_values"].astype(np.float32), spacing=(0.8, 0.8, 2.0), origin=(-10.0, 5.0, 30.0))
         files.append(("baseline_mask", (mask.name, mask.read_bytes())))
     if "followup_prompts" in fields:
         files += [("followup_prompts", (None, value)) for value in fields["followup_prompts"]]

@@ -203,6 +203,12 @@ def test_caption_not_found():
     assert caption == "lesion 4: not found"
 
 
+def test_caption_shows_tracking_status():
+    caption = lesion_caption(LesionMeasurement(lesion_id=4, prompt="point", voxel_count=0), "outside_field_of_view")
+
+    assert caption == "lesion 4: outside field of view"
+
+
 def test_lesion_at_image_edge():
     image, labels = disc_case(centre_xy=(2, 3))
     measurements = measure_lesions(image, labels)

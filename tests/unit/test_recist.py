@@ -81,6 +81,19 @@ def test_assess_percent_from_zero_nadir_is_none():
     assert assessment.response == "PD"
 
 
+def test_assess_unmeasured_target_not_evaluable():
+    assessment = assess(100.0, [], 60.0, 0, False, not_evaluable_targets=1)
+
+    assert assessment.response == "NE"
+    assert assessment.not_evaluable_targets == 1
+
+
+def test_assess_progression_beats_unmeasured_target():
+    # A missing target adds 0 mm, so a rise of the measured ones is progression whatever it measures.
+    assert assess(100.0, [], 125.0, 0, False, not_evaluable_targets=1).response == "PD"
+    assert assess(100.0, [], 60.0, 1, False, not_evaluable_targets=1).response == "PD"
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -90,6 +103,7 @@ def test_assess_percent_from_zero_nadir_is_none():
         ((10.0, [], -1.0, 0, False), "current_sum"),
         ((10.0, [], 5.0, -1, False), "new_lesions"),
         ((10.0, [], 5.0, 0, True), "all_targets_gone"),
+        ((10.0, [], 5.0, 0, False, -1), "not_evaluable_targets"),
     ],
 )
 def test_assess_rejects_invalid_input(arguments, message):
