@@ -290,13 +290,14 @@ def sphere(shape: tuple[int, int, int], radius_voxels: float) -> np.ndarray:
     return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_voxels**2
 
 
-def sphere_image(lesion: np.ndarray, lesion_hu: float = 44.0, seed: int = 0) -> sitk.Image:
+def sphere_image(lesion: np.ndarray, lesion_hu: float = 44.0, seed: int = 0, spacing_mm: float = 1.0) -> sitk.Image:
     """Soft tissue of 40 HU with a lesion and noise, in 1 mm voxels. The default lesion
     is fainter than the noise of the change between two images of other ``seed``, so
     the tracker uses the engine."""
     noise = np.random.default_rng(seed).normal(0.0, 10.0, lesion.shape)
     image = sitk.GetImageFromArray(np.where(lesion, lesion_hu, 40.0).astype(np.float32) + noise.astype(np.float32))
     image.SetOrigin((-20.0, -20.0, -20.0))
+    image.SetSpacing((spacing_mm,) * 3)
     return image
 
 
@@ -332,16 +333,20 @@ def test_empty_ideal_segmentation_disappeared():
     assert not result.followup_labels.any()
 
 
+# On 3 mm voxels the shells of the first 2 mm inside and outside a border hold no voxel.
+@pytest.mark.parametrize("spacing_mm", [1.0, 3.0])
 @pytest.mark.parametrize(("change", "radius_after"), [("grow", 10.0), ("shrink", 4.0), ("keep", 7.0)])
-def test_contrasted_sphere_change_detected(change, radius_after):
+def test_contrasted_sphere_change_detected(change, radius_after, spacing_mm):
     shape = (41, 41, 41)
     before = sphere(shape, 7.0)
     after = sphere(shape, radius_after)
     engine = IdealEngine({})
 
     labels = before.astype(np.uint8) * 3
+    before_image = sphere_image(before, 120.0, spacing_mm=spacing_mm)
+    after_image = sphere_image(after, 120.0, seed=1, spacing_mm=spacing_mm)
 
-    result = track_lesions(sphere_image(before, 120.0), labels, sphere_image(after, 120.0, seed=1), engine, sitk.Euler3DTransform())
+    result = track_lesions(before_image, labels, after_image, engine, sitk.Euler3DTransform())
 
     tracked = result.followup_labels == 3
     assert result.lesions[3].status == "tracked", result.lesions[3].note

@@ -24,7 +24,7 @@ border moved by the change between the two images:
    ``VOTE_RADIUS_MM``, does. This also decides the voxels that cannot show a
    change: tissue next to the lesion that already looked like the lesion, or
    necrosis inside it. The vote goes shell by shell away from the border and
-   stops at the first shell without evidence.
+   stops at the first shell whose evidence shows no change.
 
 An unchanged lesion keeps its border, because nothing changed: a scan compared
 with itself gives the warped mask back.
@@ -35,7 +35,7 @@ already looked like it, the growth is inferred from the border beside it, not
 seen. The local levels model new tissue as the nearest lesion core, which is
 also how tests/followup_generator.py paints growth. On its follow-ups of eight
 real CT lesions, a 3 mm growth or shrinkage was measured within 10 % of the
-baseline volume in 15 of 16 cases; a faint growth was measured 17 % short
+baseline volume in 15 of 16 cases. A faint growth was measured 17 % short
 (tests/quality/test_classical_tracking.py).
 """
 
@@ -74,6 +74,9 @@ VOTE_RADIUS_MM = 6.0
 # Below that the images hardly tell the lesion from its surroundings.
 MIN_BORDER_EVIDENCE_FRACTION = 0.1
 BORDER_BAND_MM = 3.0
+# When less than this fraction of the warped mask remains, the lesion is gone,
+# and voxels beside it that look grown are not a lesion of their own.
+MIN_REMAINING_FRACTION = 0.05
 # Voxels with less Gaussian weight of evidence than this (no evidence within
 # about three vote widths) keep their class.
 MIN_VOTE_WEIGHT = 1e-3
@@ -92,7 +95,8 @@ def refine_by_change(
     ``warped_previous_hu`` is the previous image resampled onto the follow-up grid
     through the registration, and ``region`` the growth allowance around the
     non-empty ``warped_mask``: only voxels in it may join. The result is the part
-    connected to what remains of the warped mask, and empty when nothing remains.
+    connected to what remains of the warped mask, and empty when less than
+    ``MIN_REMAINING_FRACTION`` of it remains.
     """
     crop = _bounding_slices(region)
     sigma = SMOOTHING_MM / spacing_zyx
@@ -119,6 +123,8 @@ def refine_by_change(
     grown = _vote(grew_shows & allowed & ~warped, grew, allowed & ~warped, outside_mm, spacing_zyx)
     lost = _vote(shrank_shows & warped, shrank, warped, inside_mm, spacing_zyx)
     remaining = warped & ~lost
+    if np.count_nonzero(remaining) < MIN_REMAINING_FRACTION * np.count_nonzero(warped):
+        return np.zeros(warped_mask.shape, dtype=bool)
     lesion = connected_to(remaining | grown, remaining)
     lesion |= ndimage.binary_fill_holes(lesion) & warped
 
@@ -175,6 +181,10 @@ def _vote(
     for shell in range(1, int(shell_of[candidates].max(initial=0)) + 1):
         in_shell = candidates & (shell_of == shell)
         evidence = in_shell & can_show
+        # On coarse voxels some shells contain no voxel, or none that can show a
+        # change. Only a shell whose evidence shows no change ends the front.
+        if not evidence.any():
+            continue
         if not (evidence & shows).any():
             break
         weight = ndimage.gaussian_filter(evidence.astype(np.float32), sigma)

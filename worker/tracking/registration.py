@@ -57,6 +57,10 @@ AFFINE_FIT_POINTS_PER_AXIS = 6
 # doubles until the lesion fits.
 WARP_MARGIN_MM = 10.0
 
+# The volume-preserving threshold never goes below this, so that voxels that a
+# lesion barely touches do not join it.
+MIN_WARP_THRESHOLD = 0.25
+
 # Histogram bins per image of the Mattes mutual information. At 20 000 samples the
 # 32 x 32 joint histogram gets about 20 samples per bin on average.
 HISTOGRAM_BINS = 32
@@ -146,8 +150,9 @@ def warp_labels(
 
     ``transform`` maps follow-up physical points to previous physical points, as
     ``register`` returns it. Each lesion's binary mask is resampled with linear
-    interpolation and kept where it reaches 0.5. Where two lesions reach 0.5, the one
-    with the higher value wins. Returns an array [z, y, x] of the follow-up's shape and
+    interpolation and thresholded so that it keeps the volume that the interpolated
+    values add up to (``volume_preserving_threshold``). Where two lesions claim a
+    voxel, the one with the higher value wins. Returns an array [z, y, x] of the follow-up's shape and
     of ``labels_prev``'s dtype, with the same ids. A lesion that maps outside the
     follow-up's field of view is absent from it.
     """
@@ -163,10 +168,30 @@ def warp_labels(
         if placed is None:
             continue
         value, region = placed
-        wins = (value >= 0.5) & (value > best_value[region])
+        threshold = volume_preserving_threshold(value)
+        if threshold is None:
+            continue
+        wins = (value >= threshold) & (value > best_value[region])
         warped[region][wins] = lesion_id
         best_value[region][wins] = value[wins]
     return warped
+
+
+def volume_preserving_threshold(value: np.ndarray) -> float | None:
+    """Return the threshold that keeps as many voxels as the interpolated mask values
+    add up to, or None when they add up to less than half a voxel.
+
+    A fixed threshold of 0.5 cuts the corners and thin parts of a mask resampled by
+    less than a voxel. On 3 mm voxels, organs shifted by about a millimetre lost a
+    median of 7 % of their volume, and small ones up to 43 %. The sum of the linearly
+    interpolated values is the lesion's volume in follow-up voxels, so keeping that
+    many voxels, those with the highest values, keeps the volume.
+    """
+    count = int(round(float(value.sum())))
+    if count == 0:
+        return None
+    ordered = np.sort(value, axis=None)[::-1]
+    return max(float(ordered[min(count, ordered.size) - 1]), MIN_WARP_THRESHOLD)
 
 
 def fraction_inside_field_of_view(
