@@ -36,11 +36,12 @@ from lesions.lesion_table import lesions_to_csv, lesions_to_json
 from lesions.measurements import LesionMeasurement, measure_lesions
 from lesions.preview import render_preview
 from lesions.prompt_types import prompt_from_dict
-from lesions.tracking_report import build_correspondence, correspondence_to_csv, stitch_previews
+from lesions.tracking_report import UNKNOWN_STATUSES, build_correspondence, correspondence_to_csv, stitch_previews
 from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_artifact
 from worker.engines.base import Engine, EngineOptions, Tracker, model_tracker_of
 from worker.segmentation_job import JobContext, describe_artifacts, finish_succeeded
 from worker.tracking.classical_tracker import LesionTrack, track_lesions
+from worker.tracking.unseen_lesions import SeenAt, track_unseen
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class TimePoint:
     tracks: dict[int, LesionTrack] = field(default_factory=dict)
     new_ids: list[int] = field(default_factory=list)
     measurements: list[LesionMeasurement] = field(default_factory=list)
+    # From this image's points to the previous time point's; None for the baseline
+    # and for a tracking model, which registers on its own grid.
+    transform: sitk.Transform | None = None
+    # {lesion id: index of the time point where it was last seen} for lesions that
+    # this image did not show (outside its field of view, or not found).
+    last_seen: dict[int, int] = field(default_factory=dict)
 
 
 def run_tracking(context: JobContext) -> None:
@@ -85,7 +92,7 @@ def run_tracking(context: JobContext) -> None:
     timepoints = [TimePoint(loaded=baseline, labels=labels)]
     for position, followup in enumerate(followups):
         started = context.enter_stage("tracking", 0.1 + 0.7 * position / len(followups))
-        timepoint = track_into(timepoints[-1], followup, engine, tracker, engine_options)
+        timepoint = track_into(timepoints, followup, engine, tracker, engine_options)
         prompts_file = options["followups"][position]["prompts_file"]
         if prompts_file:
             add_new_lesions(timepoint, inputs / prompts_file, engine, engine_options, sources, first_id=max(sources, default=0) + 1)
@@ -158,12 +165,27 @@ def baseline_labels(inputs, options, image: sitk.Image, engine: Engine, engine_o
     return mask.astype(np.uint16), {lesion_id: "baseline mask label" for lesion_id in ids}
 
 
-def track_into(previous: TimePoint, followup: LoadedImage, engine: Engine, tracker: Tracker | None, engine_options: EngineOptions) -> TimePoint:
+def track_into(timepoints: list[TimePoint], followup: LoadedImage, engine: Engine, tracker: Tracker | None, engine_options: EngineOptions) -> TimePoint:
+    """Track the lesions of the last time point into ``followup``, and those that the
+    last time point did not show from where they were last seen (classical tracker only)."""
+    previous = timepoints[-1]
     if tracker is not None:
         result = tracker.track(previous.loaded.image, previous.labels, followup.image, engine_options)
-    else:
-        result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
-    return TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=result.lesions)
+        return TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=result.lesions)
+
+    result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
+    timepoint = TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=dict(result.lesions), transform=result.transform)
+
+    if previous.last_seen:
+        series = [SeenAt(point.loaded.image, point.labels, point.transform) for point in timepoints]
+        tracks, masks = track_unseen(series, previous.last_seen, followup.image, result.transform, engine, engine_options)
+        timepoint.tracks.update(tracks)
+        for lesion_id, mask in masks.items():
+            timepoint.labels[mask & (timepoint.labels == 0)] = lesion_id
+
+    unseen = [lesion_id for lesion_id, track in timepoint.tracks.items() if track.status in UNKNOWN_STATUSES]
+    timepoint.last_seen = {lesion_id: previous.last_seen.get(lesion_id, len(timepoints) - 1) for lesion_id in unseen}
+    return timepoint
 
 
 def add_new_lesions(timepoint: TimePoint, prompts_path, engine: Engine, engine_options: EngineOptions, sources: dict[int, str], first_id: int) -> None:

@@ -85,26 +85,38 @@ def test_tracking_with_baseline_mask(client, pair, tmp_path):
     assert len(csv_rows) == 5
 
 
-def test_lesion_outside_field_of_view_not_evaluable(client, pair, tmp_path):
-    # Cut the follow-up just below the organ that starts highest in z, so that this
-    # organ lies wholly outside the follow-up's field of view.
+def test_lesion_outside_field_of_view_then_back(client, pair, tmp_path):
+    # Cut the first follow-up just below the organ that starts highest in z, so that
+    # this organ lies wholly outside its field of view. The second follow-up is whole.
     followup = sitk.ReadImage(str(pair["followup"]))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pair["truth"])))
     first_slices = {lesion_id: int(np.nonzero(np.any(truth == lesion_id, axis=(1, 2)))[0].min()) for lesion_id in range(1, 6)}
     gone_id = max(first_slices, key=first_slices.get)
     cut = write_image(tmp_path / "cut.nii.gz", sitk.GetArrayFromImage(followup)[: first_slices[gone_id]], spacing=followup.GetSpacing(), origin=followup.GetOrigin(), direction=followup.GetDirection())
-    files = [("baseline", ("bl.nii.gz", pair["baseline"].read_bytes())), ("followups", ("fu.nii.gz", cut.read_bytes())), ("baseline_mask", ("mask.nii.gz", pair["mask"].read_bytes()))]
+    files = [
+        ("baseline", ("bl.nii.gz", pair["baseline"].read_bytes())),
+        ("followups", ("cut.nii.gz", cut.read_bytes())),
+        ("followups", ("fu.nii.gz", pair["followup"].read_bytes())),
+        ("baseline_mask", ("mask.nii.gz", pair["mask"].read_bytes())),
+    ]
 
     response = client.post("/v1/trackings", files=files)
     assert response.status_code == 202, response.text
     job = wait_for_job(client, response.json()["id"], timeout_s=600)
 
     assert job["state"] == "succeeded", job["error"]
-    [followup_result] = client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.json").json()["followups"]
-    statuses = {row["lesion_id"]: row["status"] for row in followup_result["lesions"]}
-    assert statuses[gone_id] == "outside_field_of_view"
-    assert followup_result["recist"]["response"] == "NE"
-    assert gone_id in followup_result["recist"]["not_evaluable_target_ids"]
+    first, second = client.get(f"/v1/jobs/{job['id']}/artifacts/correspondence.json").json()["followups"]
+    assert {row["lesion_id"]: row["status"] for row in first["lesions"]}[gone_id] == "outside_field_of_view"
+    assert first["recist"]["response"] == "NE"
+    assert gone_id in first["recist"]["not_evaluable_target_ids"]
+
+    # Back in view, the organ is tracked from the baseline, where it was last seen.
+    [row] = [row for row in second["lesions"] if row["lesion_id"] == gone_id]
+    assert row["status"] == "tracked"
+    assert "time point 0" in row["note"]
+    labels = sitk.GetArrayFromImage(download_labels(client, job["id"], "mask_t2.nii.gz", tmp_path))
+    assert dice(labels == gone_id, truth == gone_id) >= MIN_LESION_DICE
+    assert second["recist"]["response"] == "SD"
 
 
 def test_tracking_with_prompts_and_new_lesion_click(client, pair, tmp_path):
