@@ -58,10 +58,14 @@ def build_correspondence(
     targets = select_target_lesions(list(measurements[0]), slice_thickness_mm)
     baseline_sum = sum_of_diameters(list(measurements[0]), targets)
 
+    # A lesion new at a follow-up has no row before it.
+    first_index = {lesion_id: index for index, ids in enumerate(new_ids, start=1) for lesion_id in ids}
+
     followups, sums = [], []
     unknown: set[int] = set()
     for index in range(1, len(measurements)):
-        rows = [_row(index, lesion_id, by_id, tracks[index - 1], new_ids[index - 1], targets, unknown) for lesion_id in sorted(by_id[index])]
+        present = [lesion_id for lesion_id in sorted(by_id[index]) if first_index.get(lesion_id, 0) <= index]
+        rows = [_row(index, lesion_id, by_id, tracks[index - 1], new_ids[index - 1], targets, unknown) for lesion_id in present]
         not_evaluable = [row["lesion_id"] for row in rows if row["target"] and _not_evaluable(row, tracks[index - 1])]
         current_sum = sum_of_diameters(list(measurements[index]), targets)
         recist = _assessment(baseline_sum, sums, current_sum, len(new_ids[index - 1]), targets, by_id[index], not_evaluable)

@@ -85,3 +85,13 @@ def test_unmeasured_time_point_not_nadir():
     assert recist_of(document, 1)["response"] == "NE"
     assert recist_of(document, 2)["nadir_sum_mm"] == 100.0
     assert recist_of(document, 2)["response"] == "PR"
+
+
+def test_new_lesion_has_no_row_before_it_appears():
+    measurements = [[lesion(1, 40.0), lesion(2, None)], [lesion(1, 40.0), lesion(2, None)], [lesion(1, 40.0), lesion(2, 15.0)]]
+
+    document = build_correspondence(measurements, [{1: tracked()}, {1: tracked()}], [[], [2]])
+
+    assert [row["lesion_id"] for row in document["followups"][0]["lesions"]] == [1]
+    assert status_of(document, 2, 2) == "new"
+    assert recist_of(document, 2)["response"] == "PD"
