@@ -114,6 +114,12 @@ def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, Track]
     baseline = by_id[0].get(lesion_id)
     status, note = _status(lesion_id, current, previous, tracks, new_ids, unknown)
     carried = tracks[lesion_id][2] if lesion_id in tracks else None
+    # A lesion that was not measured has no values, not a volume of 0, and a lesion
+    # found again compares with the time point where it was last seen.
+    if status in UNKNOWN_STATUSES or (status == "absent" and lesion_id in unknown):
+        current = None
+    if lesion_id in unknown:
+        previous = _last_found(by_id, index, lesion_id)
 
     return {
         "timepoint": index,
@@ -149,6 +155,15 @@ def _status(lesion_id, current, previous, tracks, new_ids, unknown) -> tuple[str
     return ("tracked", "") if current is not None and current.found else ("disappeared", "")
 
 
+def _last_found(by_id: list[dict], index: int, lesion_id: int) -> LesionMeasurement | None:
+    """Return the lesion's measurement at the latest time point before ``index`` that showed it."""
+    for earlier in range(index - 1, -1, -1):
+        measurement = by_id[earlier].get(lesion_id)
+        if measurement is not None and measurement.found:
+            return measurement
+    return None
+
+
 def _not_evaluable(row: dict, tracks: dict[int, Track]) -> bool:
     """Return whether the row's lesion was not measured whole at this follow-up."""
     if row["status"] in UNKNOWN_STATUSES:
@@ -166,6 +181,10 @@ def _assessment(baseline_sum: float, history: list[float], current_sum: float, n
     assessment = assess(baseline_sum, history, current_sum, new_lesions, gone and not not_evaluable, len(not_evaluable))
     result = {key: getattr(assessment, key) for key in assessment.__dataclass_fields__}
     result["not_evaluable_target_ids"] = not_evaluable
+    if assessment.response == "NE":
+        # The sum misses the lesions that were not measured, so it is no measurement.
+        for key in ("current_sum_mm", "change_from_baseline_mm", "change_from_baseline_percent", "change_from_nadir_mm", "change_from_nadir_percent"):
+            result[key] = None
     return result
 
 

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from lesions.deferred_prompts import resolve_stored_prompts
 from lesions.dicom_seg import derived_seg_uids, write_dicom_seg
 from lesions.dicomweb_reference import REFERENCE_KIND
-from lesions.errors import EngineUnavailable
+from lesions.errors import EngineUnavailable, InputError
 from lesions.geometry import ImageGeometry, check_same_grid
 from lesions.image_inputs import LoadedImage, load_image_input
 from lesions.image_io import read_label_volume, write_label_map
@@ -41,6 +41,7 @@ from worker.dicomweb_steps import request_field, retrieve_if_referenced, store_a
 from worker.engines.base import Engine, EngineOptions, Tracker, model_tracker_of
 from worker.segmentation_job import JobContext, describe_artifacts, finish_succeeded
 from worker.tracking.classical_tracker import LesionTrack, track_lesions
+from worker.tracking.registration import RegistrationError
 from worker.tracking.unseen_lesions import SeenAt, track_unseen
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,11 @@ def track_into(timepoints: list[TimePoint], followup: LoadedImage, engine: Engin
         result = tracker.track(previous.loaded.image, previous.labels, followup.image, engine_options)
         return TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=result.lesions)
 
-    result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
+    try:
+        result = track_lesions(previous.loaded.image, previous.labels, followup.image, engine, options=engine_options)
+    except RegistrationError as error:
+        field = f"followups[{len(timepoints) - 1}]"
+        raise InputError(field, f"could not be registered to the time point before it ({error}); check that both show the same patient and body region", code="registration_failed") from error
     timepoint = TimePoint(loaded=followup, labels=result.followup_labels.astype(np.uint16), tracks=dict(result.lesions), transform=result.transform)
 
     if previous.last_seen:

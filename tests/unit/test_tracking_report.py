@@ -35,6 +35,11 @@ def test_target_outside_field_of_view_not_evaluable():
 
     assert recist_of(document, 1)["response"] == "NE"
     assert recist_of(document, 1)["not_evaluable_target_ids"] == [1]
+    assert recist_of(document, 1)["current_sum_mm"] is None
+    assert recist_of(document, 1)["change_from_baseline_percent"] is None
+    [row] = [row for row in document["followups"][0]["lesions"] if row["lesion_id"] == 1]
+    assert row["volume_ml"] is None
+    assert row["volume_change_percent"] is None
 
 
 def test_lesion_unknown_after_leaving_field_of_view():
@@ -95,3 +100,16 @@ def test_new_lesion_has_no_row_before_it_appears():
     assert [row["lesion_id"] for row in document["followups"][0]["lesions"]] == [1]
     assert status_of(document, 2, 2) == "new"
     assert recist_of(document, 2)["response"] == "PD"
+
+
+def test_lesion_found_again_compares_with_last_seen():
+    measurements = [[lesion(1, 40.0)], [lesion(1, 50.0)], [lesion(1, None)], [lesion(1, 45.0)]]
+    found_again = ("tracked", "tracked from time point 1, where it was last seen", 5.0, 1.0)
+
+    document = build_correspondence(measurements, [{1: tracked()}, {1: OUTSIDE}, {1: found_again}], [[], [], []])
+
+    [row] = document["followups"][2]["lesions"]
+    assert row["previous_volume_ml"] == 5.0
+    assert row["previous_long_axis_mm"] == 50.0
+    assert row["long_axis_change_mm"] == -5.0
+    assert recist_of(document, 3)["response"] == "SD"

@@ -110,13 +110,18 @@ CONTROL_POINT_SPACING_MM = 60.0
 MAX_MESH_CELLS = 4
 
 
+class RegistrationError(RuntimeError):
+    """The two images could not be registered at all."""
+
+
 def register(fixed: sitk.Image, moving: sitk.Image, deformable: bool = True) -> sitk.Transform:
     """Register ``moving`` (the previous time point) to ``fixed`` (the follow-up).
 
     Returns a transform that maps follow-up physical points to previous-image
     physical points: a CompositeTransform of the affine and, when ``deformable``,
-    the B-spline, which ITK applies first. Raises ValueError when an image is not 3D
-    scalar. Errors from ITK propagate as RuntimeError.
+    the B-spline, which ITK applies first. A stage that fails in ITK leaves the
+    previous stage's result. Raises ValueError when an image is not 3D scalar, and
+    RegistrationError when even the rigid stage fails from both starts.
     """
     _check_image("fixed", fixed)
     _check_image("moving", moving)
@@ -128,7 +133,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, deformable: bool = True) -> 
     affine = _register_affine(fixed_prepared, moving_prepared, rigid, rigid_metric)
     transform = sitk.CompositeTransform(affine)
     if deformable:
-        transform.AddTransform(_register_bspline(fixed_prepared, moving_prepared, affine))
+        try:
+            transform.AddTransform(_register_bspline(fixed_prepared, moving_prepared, affine))
+        except RuntimeError as error:
+            # With little overlap the B-spline can move every sample out of the image.
+            logger.warning("registration: B-spline stage failed, keeping the affine transform: %s", _itk_message(error))
 
     logger.info(
         "registration: fixed %s, moving %s, %s, %.1f s",
@@ -340,21 +349,40 @@ def _set_gradient_descent(method: sitk.ImageRegistrationMethod, stage: _Stage, m
 
 
 def _register_rigid(fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Euler3DTransform, float]:
-    # The centres of mass of the windowed images, shifted to be non-negative, are
-    # close to the centres of the body when both images show the same part of it.
+    """Run the rigid stage from two starts and return the result with the lower metric.
+
+    The centres of mass of the windowed images, shifted to be non-negative, are close
+    to each other when both images show the same part of the body. When one image
+    shows less of it (a narrower field of view), they are not: a follow-up cut to 100
+    of 160 columns started 75 mm off and stayed there. Scans of one patient often
+    share the scanner's coordinates, so the second start is the identity.
+    """
     low = HU_WINDOW[0]
-    initial = sitk.CenteredTransformInitializer(
+    moments = sitk.CenteredTransformInitializer(
         fixed - low,
         moving - low,
         sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS,
     )
-    rigid = sitk.Euler3DTransform(initial)
+    identity = sitk.Euler3DTransform()
+    identity.SetCenter(moments.GetCenter())
 
-    method = _new_method(RIGID_STAGE, fixed)
-    _set_gradient_descent(method, RIGID_STAGE, RIGID_MAX_STEP_MM)
-    method.SetInitialTransform(rigid, inPlace=True)
-    return rigid, _execute(method, fixed, moving, "rigid")
+    results = []
+    for name, start in (("rigid from centres of mass", moments), ("rigid from identity", identity)):
+        rigid = sitk.Euler3DTransform(start)
+        method = _new_method(RIGID_STAGE, fixed)
+        _set_gradient_descent(method, RIGID_STAGE, RIGID_MAX_STEP_MM)
+        method.SetInitialTransform(rigid, inPlace=True)
+        try:
+            results.append((_execute(method, fixed, moving, name), name, rigid))
+        except RuntimeError as error:
+            logger.warning("registration: %s failed: %s", name, _itk_message(error))
+    if not results:
+        raise RegistrationError("the follow-up and the previous image have too little in common to be registered")
+
+    metric, name, rigid = min(results, key=lambda result: result[0])
+    logger.debug("registration: kept the %s, metric %.4f", name, metric)
+    return rigid, metric
 
 
 def _register_affine(
@@ -365,7 +393,11 @@ def _register_affine(
     method = _new_method(AFFINE_STAGE, fixed)
     _set_gradient_descent(method, AFFINE_STAGE, AFFINE_MAX_STEP_MM)
     method.SetInitialTransform(affine, inPlace=True)
-    affine_metric = _execute(method, fixed, moving, "affine")
+    try:
+        affine_metric = _execute(method, fixed, moving, "affine")
+    except RuntimeError as error:
+        logger.warning("registration: affine stage failed, keeping the rigid transform: %s", _itk_message(error))
+        return _affine_from_rigid(rigid)
 
     # Both stages share pyramid, sampling and seed, so their final metrics compare
     # the same sample points.
@@ -377,6 +409,12 @@ def _register_affine(
         )
         return _affine_from_rigid(rigid)
     return affine
+
+
+def _itk_message(error: RuntimeError) -> str:
+    """Return the last line of an ITK error, which states the reason without source paths."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else "unknown reason"
 
 
 def _affine_from_rigid(rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
