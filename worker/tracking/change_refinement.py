@@ -35,7 +35,7 @@ already looked like it, the growth is inferred from the border beside it, not
 seen. The local levels model new tissue as the nearest lesion core, which is
 also how tests/followup_generator.py paints growth. On its follow-ups of eight
 real CT lesions, a 3 mm growth or shrinkage was measured within 10 % of the
-baseline volume in 15 of 16 cases. A faint growth was measured 17 % short
+baseline volume in 15 of 16 cases. A faint growth was measured 18 % short
 (tests/quality/test_classical_tracking.py).
 """
 
