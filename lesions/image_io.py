@@ -116,12 +116,15 @@ def _read_with_itk(path: Path, field: str) -> sitk.Image:
         raise InputError(field, f"could not be read as a NIfTI, NRRD or MetaImage volume ({_itk_reason(error, path)})", code="unreadable_image") from error
 
 
-def _itk_reason(error: RuntimeError, path: Path) -> str:
-    # ITK messages start with a source path and line; the last line is the
-    # reason. The server's own file path is no business of the client's.
+def itk_error_reason(error: RuntimeError) -> str:
+    """Return the reason of an ITK error: its last line, after the source path and line."""
     lines = str(error).strip().splitlines()
-    reason = lines[-1] if lines else "unknown reason"
-    return reason.replace(str(path), "the file").replace(path.name, "the file")[:200]
+    return lines[-1] if lines else "unknown reason"
+
+
+def _itk_reason(error: RuntimeError, path: Path) -> str:
+    # The server's own file path is no business of the client's.
+    return itk_error_reason(error).replace(str(path), "the file").replace(path.name, "the file")[:200]
 
 
 def _check_gzip_complete(path: Path, field: str) -> None:

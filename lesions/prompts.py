@@ -188,10 +188,7 @@ def _resolve_grand_challenge(document: dict, geometry: ImageGeometry, field: str
     if frame not in ("voxel", "world"):
         raise InputError(f"{field}.frame", f"must be 'voxel' or 'world', got {frame!r}")
     points = document.get("points")
-    if not isinstance(points, list) or not points:
-        raise InputError(f"{field}.points", "must be a non-empty list of {\"name\", \"point\": [x, y, z]} objects")
-    if len(points) > MAX_LESIONS:
-        raise InputError(f"{field}.points", f"has {len(points)} points; at most {MAX_LESIONS} are allowed per job")
+    _check_click_list(points, f"{field}.points", "{\"name\", \"point\": [x, y, z]} objects", "points")
 
     resolved = []
     for position, entry in enumerate(points):
@@ -214,10 +211,7 @@ def _resolve_grand_challenge(document: dict, geometry: ImageGeometry, field: str
 
 def _resolve_autopet_clicks(document: dict, geometry: ImageGeometry, field: str) -> list[LesionPrompt]:
     clicks = document["tumor"]
-    if not isinstance(clicks, list) or not clicks:
-        raise InputError(f"{field}.tumor", "must be a non-empty list of [x, y, z] voxel indexes")
-    if len(clicks) > MAX_LESIONS:
-        raise InputError(f"{field}.tumor", f"has {len(clicks)} clicks; at most {MAX_LESIONS} are allowed per job")
+    _check_click_list(clicks, f"{field}.tumor", "[x, y, z] voxel indexes", "clicks")
 
     resolved = []
     for position, click in enumerate(clicks):
@@ -225,6 +219,14 @@ def _resolve_autopet_clicks(document: dict, geometry: ImageGeometry, field: str)
         index = _point_index(tuple(_numbers(click, 3, path)), "voxel", geometry, path)
         resolved.append(LesionPrompt(lesion_id=position + 1, kind="point", point=index, source="point voxel (autoPET tumour click)"))
     return resolved
+
+
+def _check_click_list(values: Any, path: str, items: str, noun: str) -> None:
+    """Raise InputError unless ``values`` is a non-empty list of at most MAX_LESIONS entries."""
+    if not isinstance(values, list) or not values:
+        raise InputError(path, f"must be a non-empty list of {items}")
+    if len(values) > MAX_LESIONS:
+        raise InputError(path, f"has {len(values)} {noun}; at most {MAX_LESIONS} are allowed per job")
 
 
 def _numbers(values: Any, count: int, path: str) -> list[float]:

@@ -66,13 +66,13 @@ def build_correspondence(
     for index in range(1, len(measurements)):
         present = [lesion_id for lesion_id in sorted(by_id[index]) if first_index.get(lesion_id, 0) <= index]
         rows = [_row(index, lesion_id, by_id, tracks[index - 1], new_ids[index - 1], targets, unknown) for lesion_id in present]
-        not_evaluable = [row["lesion_id"] for row in rows if row["target"] and _not_evaluable(row, tracks[index - 1])]
+        not_evaluable = [row["lesion_id"] for row in rows if row["target"] and _not_evaluable(row, tracks[index - 1], unknown)]
         current_sum = sum_of_diameters(list(measurements[index]), targets)
         recist = _assessment(baseline_sum, sums, current_sum, len(new_ids[index - 1]), targets, by_id[index], not_evaluable)
         # A sum that misses a lesion is no nadir: it would make later sums look like growth.
         if not not_evaluable:
             sums.append(current_sum)
-        unknown = {row["lesion_id"] for row in rows if row["status"] in UNKNOWN_STATUSES or (row["status"] == "absent" and row["lesion_id"] in unknown)}
+        unknown = {row["lesion_id"] for row in rows if _unseen(row["status"], row["lesion_id"], unknown)}
         followups.append({"timepoint": index, "mask": f"mask_t{index}.nii.gz", "lesions": rows, "recist": recist})
 
     return {
@@ -116,7 +116,7 @@ def _row(index: int, lesion_id: int, by_id: list[dict], tracks: dict[int, Track]
     carried = tracks[lesion_id][2] if lesion_id in tracks else None
     # A lesion that was not measured has no values, not a volume of 0, and a lesion
     # found again compares with the time point where it was last seen.
-    if status in UNKNOWN_STATUSES or (status == "absent" and lesion_id in unknown):
+    if _unseen(status, lesion_id, unknown):
         current = None
     if lesion_id in unknown:
         previous = _last_found(by_id, index, lesion_id)
@@ -164,12 +164,16 @@ def _last_found(by_id: list[dict], index: int, lesion_id: int) -> LesionMeasurem
     return None
 
 
-def _not_evaluable(row: dict, tracks: dict[int, Track]) -> bool:
+def _unseen(status: str, lesion_id: int, unknown: set[int]) -> bool:
+    """Return whether a lesion with ``status`` was not seen at this follow-up; ``unknown``
+    contains the ids not seen at the previous one."""
+    return status in UNKNOWN_STATUSES or (status == "absent" and lesion_id in unknown)
+
+
+def _not_evaluable(row: dict, tracks: dict[int, Track], unknown: set[int]) -> bool:
     """Return whether the row's lesion was not measured whole at this follow-up."""
-    if row["status"] in UNKNOWN_STATUSES:
+    if _unseen(row["status"], row["lesion_id"], unknown):
         return True
-    if row["status"] == "absent":
-        return row["note"].startswith("not tracked since")
     track = tracks.get(row["lesion_id"])
     return row["status"] == "tracked" and track is not None and track[3] < MIN_MEASURED_FRACTION
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from lesions.image_io import itk_error_reason
+
 logger = logging.getLogger(__name__)
 
 # Intensities are clipped to this HU window: it spans fat (about -100 HU) to
@@ -137,7 +139,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, deformable: bool = True) -> 
             transform.AddTransform(_register_bspline(fixed_prepared, moving_prepared, affine))
         except RuntimeError as error:
             # With little overlap the B-spline can move every sample out of the image.
-            logger.warning("registration: B-spline stage failed, keeping the affine transform: %s", _itk_message(error))
+            logger.warning("registration: B-spline stage failed, keeping the affine transform: %s", itk_error_reason(error))
 
     logger.info(
         "registration: fixed %s, moving %s, %s, %.1f s",
@@ -199,8 +201,9 @@ def volume_preserving_threshold(value: np.ndarray) -> float | None:
     count = int(round(float(value.sum())))
     if count == 0:
         return None
-    ordered = np.sort(value, axis=None)[::-1]
-    return max(float(ordered[min(count, ordered.size) - 1]), MIN_WARP_THRESHOLD)
+    flat = value.ravel()
+    rank = flat.size - min(count, flat.size)
+    return max(float(np.partition(flat, rank)[rank]), MIN_WARP_THRESHOLD)
 
 
 def fraction_inside_field_of_view(
@@ -376,7 +379,7 @@ def _register_rigid(fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Euler3D
         try:
             results.append((_execute(method, fixed, moving, name), name, rigid))
         except RuntimeError as error:
-            logger.warning("registration: %s failed: %s", name, _itk_message(error))
+            logger.warning("registration: %s failed: %s", name, itk_error_reason(error))
     if not results:
         raise RegistrationError("the follow-up and the previous image have too little in common to be registered")
 
@@ -396,7 +399,7 @@ def _register_affine(
     try:
         affine_metric = _execute(method, fixed, moving, "affine")
     except RuntimeError as error:
-        logger.warning("registration: affine stage failed, keeping the rigid transform: %s", _itk_message(error))
+        logger.warning("registration: affine stage failed, keeping the rigid transform: %s", itk_error_reason(error))
         return _affine_from_rigid(rigid)
 
     # Both stages share pyramid, sampling and seed, so their final metrics compare
@@ -409,12 +412,6 @@ def _register_affine(
         )
         return _affine_from_rigid(rigid)
     return affine
-
-
-def _itk_message(error: RuntimeError) -> str:
-    """Return the last line of an ITK error, which states the reason without source paths."""
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else "unknown reason"
 
 
 def _affine_from_rigid(rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
