@@ -187,8 +187,8 @@ async def _store_inputs(form, inputs, baseline_reference, followup_sources, prom
         mask_path = await save_volume_upload(mask_upload, inputs, "baseline_mask", "baseline_mask")
         with naming_file(mask_upload):
             mask_geometry = await run_in_threadpool(read_volume_header, mask_path, "baseline_mask")
-            # A mask is read whole here, unlike an image, so that an empty mask or one
-            # with labels that are not lesion ids is answered at once.
+            # Unlike an image, a mask is read whole here, so that an empty mask or one
+            # with labels that are not lesion ids is rejected before the job is queued.
             await run_in_threadpool(read_label_volume, mask_path, "baseline_mask")
         # A referenced baseline's grid is known only once the worker has retrieved
         # it, so the worker checks the mask against it then.
